@@ -1,0 +1,52 @@
+"""The engine interface: small, async, plain dataclasses in and out."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+
+from llmserve.types import Capabilities, Delta, EngineStats, GenerationRequest, Message
+
+
+class Engine(abc.ABC):
+    """One loaded model behind one backend.
+
+    ``generate`` returns an async iterator of ``Delta``; closing it early (``aclose``, or the
+    consumer task being cancelled) aborts the request inside the engine and frees its slot.
+    Errors are raised as ``llmserve.errors`` exceptions, never backend ones; admission errors
+    (queue full, context too long) surface at the first ``__anext__``, before any delta.
+    """
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model. Slow; called once, off the request path."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Abort everything in flight and free the model."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream the completion of ``request.prompt_tokens``."""
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> None:
+        """Stop a request wherever it is (queued, prefilling, decoding). Unknown ids are ignored."""
+
+    @abc.abstractmethod
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids of ``text``; special tokens written in the text are parsed as such."""
+
+    @abc.abstractmethod
+    def detokenize(self, token_ids: Sequence[int]) -> str: ...
+
+    @abc.abstractmethod
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text for ``messages``, rendered with the model's own chat template."""
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats: ...

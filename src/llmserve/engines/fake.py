@@ -1,0 +1,136 @@
+"""A scripted engine for tests: word tokens, optional delays, injected failures.
+
+Options (``ModelSettings.options``): ``reply`` (greedy answer; default echoes the last user
+message), ``token_delay`` (seconds per token), ``fail_after`` (raise EngineError after N tokens),
+``max_context`` (tokens, default 2048). It honours ``parallel``, ``max_queue`` and
+``queue_timeout`` like a real engine, so admission can be tested in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import AsyncIterator, Sequence
+
+from llmserve.chat_template import ChatTemplate
+from llmserve.engines.base import Engine
+from llmserve.errors import EngineError, Overloaded, QueueTimeout
+from llmserve.settings import ModelSettings
+from llmserve.types import Capabilities, Delta, EngineStats, FinishReason, GenerationRequest, Message, Usage
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_WORDS = re.compile(r"<\|[a-z_]+\|>|\s*[^\s<]+|\s+|<")
+_RANDOM_WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
+EOS = "<|im_end|>"
+
+
+class FakeEngine(Engine):
+    def __init__(self, settings: ModelSettings):
+        self.settings = settings
+        opts = settings.options
+        self.reply: str | None = opts.get("reply")
+        self.token_delay = float(opts.get("token_delay", 0.0))
+        self.fail_after: int | None = opts.get("fail_after")
+        self.max_context = int(opts.get("max_context", 2048))
+        self._template = ChatTemplate(CHATML, eos_token=EOS)
+        self._vocab: dict[str, int] = {EOS: 0}
+        self._words: list[str] = [EOS]
+        self._running: set[str] = set()
+        self._waiting = 0
+        self._slots: asyncio.Semaphore | None = None
+        self._aborted: set[str] = set()
+
+    async def start(self) -> None:
+        await asyncio.sleep(float(self.settings.options.get("load_delay", 0.0)))
+        self._slots = asyncio.Semaphore(self.settings.parallel)
+
+    async def stop(self) -> None:
+        self._aborted.update(self._running)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            sampling=frozenset({"temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
+                                "presence_penalty", "frequency_penalty", "repetition_penalty"}),
+            max_context=self.max_context,
+        )
+
+    def stats(self) -> EngineStats:
+        return EngineStats(loaded=self._slots is not None, running=len(self._running), waiting=self._waiting)
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        ids = []
+        for word in _WORDS.findall(text):
+            if word not in self._vocab:
+                self._vocab[word] = len(self._words)
+                self._words.append(word)
+            ids.append(self._vocab[word])
+        return ids
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return "".join(self._words[i] for i in token_ids if 0 < i < len(self._words))
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    async def abort(self, request_id: str) -> None:
+        self._aborted.add(request_id)
+
+    def _answer(self, request: GenerationRequest) -> list[int]:
+        if request.sampling.greedy or self.reply is not None:
+            text = self.reply if self.reply is not None else self._last_user(request)
+            return self.tokenize(text) + [0]
+        rng = random.Random(request.sampling.seed)
+        n = rng.randint(3, 12)
+        return self.tokenize("".join(" " + rng.choice(_RANDOM_WORDS) for _ in range(n)).strip()) + [0]
+
+    def _last_user(self, request: GenerationRequest) -> str:
+        prompt = self.detokenize(request.prompt_tokens)
+        turns = prompt.split("<|im_start|>user\n")
+        return turns[-1].split(EOS)[0] if len(turns) > 1 else prompt
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        assert self._slots is not None, "engine not started"
+        if self._slots.locked() and self._waiting >= self.settings.max_queue:
+            raise Overloaded("the request queue is full; try again shortly", retry_after=1)
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout)
+        except asyncio.TimeoutError:
+            raise QueueTimeout(f"waited {self.settings.queue_timeout}s for a free slot", retry_after=1) from None
+        finally:
+            self._waiting -= 1
+        self._running.add(request.request_id)
+        try:
+            async for delta in self._decode(request):
+                yield delta
+        finally:
+            self._running.discard(request.request_id)
+            self._aborted.discard(request.request_id)
+            self._slots.release()
+
+    async def _decode(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        answer = self._answer(request)
+        n_prompt = len(request.prompt_tokens)
+        budget = min(request.sampling.max_tokens or self.max_context, self.max_context - n_prompt)
+        for i, token in enumerate(answer):
+            if request.request_id in self._aborted:
+                return
+            if self.fail_after is not None and i >= self.fail_after:
+                raise EngineError("injected failure")
+            await asyncio.sleep(self.token_delay)
+            if token == 0:
+                yield Delta("", (token,), FinishReason.STOP, Usage(n_prompt, i + 1))
+                return
+            last = i + 1 >= budget
+            yield Delta(
+                self._words[token], (token,),
+                FinishReason.LENGTH if last else None,
+                Usage(n_prompt, i + 1) if last else None,
+            )
+            if last:
+                return

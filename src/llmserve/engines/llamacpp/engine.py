@@ -1,0 +1,141 @@
+"""The llama.cpp engine: loads the GGUF, owns the scheduler thread, bridges it to asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from llmserve.chat_template import ChatTemplate
+from llmserve.engines.base import Engine
+from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
+from llmserve.engines.llamacpp.scheduler import Output, Scheduler
+from llmserve.engines.llamacpp.scheduler import Sequence as SchedSeq
+from llmserve.errors import EngineError, LLMServeError, ModelLoading
+from llmserve.settings import ModelSettings
+from llmserve.types import Capabilities, Delta, EngineStats, GenerationRequest, Message
+
+logger = logging.getLogger(__name__)
+
+SAMPLING = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "repetition_penalty",
+})
+
+
+class LlamaCppEngine(Engine):
+    def __init__(self, settings: ModelSettings):
+        self.settings = settings
+        self.model: LlamaModel | None = None
+        self.ctx: LlamaContext | None = None
+        self.scheduler: Scheduler | None = None
+        self.template: ChatTemplate | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        path = self.settings.resolved_path()
+        t0 = time.monotonic()
+        logger.info("loading %s with llama.cpp", path)
+        # loading blocks for seconds: keep the event loop (and /health) responsive meanwhile
+        await asyncio.to_thread(self._load, path)
+        logger.info(
+            "model %s ready in %.1f s (%d slots x %d tokens, %d threads)",
+            self.settings.served_name(), time.monotonic() - t0, self.settings.parallel,
+            self.ctx.n_ctx_seq, self.settings.resolved_threads(),
+        )
+
+    def _load(self, path: str) -> None:
+        s = self.settings
+        model = LlamaModel(path)
+        n_ctx = s.ctx_size or model.n_ctx_train
+        ctx = LlamaContext(model, n_ctx=n_ctx, n_seq=s.parallel, n_batch=s.batch_size, n_threads=s.resolved_threads())
+        source = Path(s.chat_template).read_text() if s.chat_template else model.chat_template()
+        if source is None:
+            raise EngineError(f"{path} has no chat template in its metadata; pass --chat-template FILE")
+        self.template = ChatTemplate(source, bos_token=model.token_text(model.bos), eos_token=model.token_text(model.eos))
+        self.model, self.ctx = model, ctx
+        self.scheduler = Scheduler(model, ctx, n_slots=s.parallel, max_queue=s.max_queue,
+                                   queue_timeout=s.queue_timeout, emit=self._emit)
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.stop)
+            self.scheduler = None
+        if self.ctx is not None:
+            self.ctx.close()
+            self.ctx = None
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+
+    # -- bridging the worker thread to asyncio -----------------------------------------------
+    def _emit(self, outputs: list[tuple[SchedSeq, Output]]) -> None:
+        """Called on the worker thread once per step: one hop to the loop for all outputs."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_dispatch, outputs)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        scheduler = self._require()
+        queue: asyncio.Queue[Output] = asyncio.Queue()
+        seq = scheduler.submit(request, queue)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, LLMServeError):
+                    finished = True
+                    raise item
+                if item.finish_reason is not None:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                seq.cancelled = True
+                scheduler.cancel(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.cancel(request_id)
+
+    def _require(self) -> Scheduler:
+        if self.scheduler is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        return self.scheduler
+
+    # -- model facts ------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        if self.model is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        return self.model.tokenize(text, add_special=add_special)
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        if self.model is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        return self.model.detokenize(token_ids)
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        if self.template is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0)
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        if s is None:
+            return EngineStats(loaded=False)
+        return EngineStats(loaded=True, running=s.n_running, waiting=s.n_waiting)
+
+
+def _dispatch(outputs: list[tuple[SchedSeq, Output]]) -> None:
+    for seq, item in outputs:
+        seq.sink.put_nowait(item)

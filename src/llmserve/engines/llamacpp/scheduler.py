@@ -1,0 +1,307 @@
+"""The continuous-batching loop: one worker thread, one ``llama_decode`` per step for all sequences.
+
+Each step: drop cancelled and expired requests, give free slots to waiting requests (preferring
+the slot whose KV cache already holds the longest prefix of the prompt), then build one batch
+with the next token of every decoding sequence plus as much pending prefill as the per-step
+token budget allows, decode it, and sample every sequence that produced logits.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import llama_cpp as ll
+
+from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
+from llmserve.engines.llamacpp.sampler import build_sampler, free_sampler
+from llmserve.errors import EngineError, LLMServeError, Overloaded, QueueTimeout
+from llmserve.types import Delta, FinishReason, GenerationRequest, Usage
+
+logger = logging.getLogger(__name__)
+
+Output = Delta | LLMServeError
+Emit = Callable[[list[tuple["Sequence", Output]]], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the scheduler. ``cancelled`` may be set from any thread."""
+
+    request: GenerationRequest
+    sink: object  # opaque to the scheduler: handed back with each output
+    enqueued_at: float
+    cancelled: bool = False
+    # worker-thread state
+    slot: Slot | None = None
+    n_prefilled: int = 0
+    n_cached: int = 0
+    generated: list[int] = field(default_factory=list)
+    pending: int | None = None  # sampled, emitted, not yet decoded
+    sampler: object = None
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        return self.request.prompt_tokens
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for seq_id
+    seq: Sequence | None = None
+    last_used: float = 0.0
+
+
+def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(self, model: LlamaModel, ctx: LlamaContext, *, n_slots: int, max_queue: int,
+                 queue_timeout: float | None, emit: Emit):
+        self.model = model
+        self.ctx = ctx
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.emit = emit
+        self.n_batch = ctx.n_batch
+        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        self._cv = threading.Condition()
+        self._incoming: list[Sequence] = []
+        self._by_id: dict[str, Sequence] = {}
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._stopping = False
+        self.n_waiting = 0
+        self.n_running = 0
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="llmserve-llamacpp", daemon=True)
+
+    # -- any thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest, sink: object) -> Sequence:
+        seq = Sequence(request, sink, time.monotonic())
+        with self._cv:
+            if self._stopping:
+                raise Overloaded("the engine is shutting down", retry_after=5)
+            if self.n_waiting + self.n_running >= len(self.slots) + self.max_queue:
+                raise Overloaded("the request queue is full; try again shortly", retry_after=1)
+            self.n_waiting += 1
+            self._by_id[request.request_id] = seq
+            self._incoming.append(seq)
+            self._cv.notify()
+        return seq
+
+    def cancel(self, request_id: str) -> None:
+        with self._cv:
+            seq = self._by_id.get(request_id)
+            if seq is not None:
+                seq.cancelled = True
+                self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+        ll.llama_batch_free(self._batch)
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stopping or self._incoming or self._waiting or self.n_running):
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                self._waiting.extend(self._incoming)
+                self._incoming.clear()
+            try:
+                self._step()
+            except Exception:  # never let the loop die: fail what is in flight, keep serving
+                logger.exception("engine step failed")
+                self._fail_all(EngineError("the engine failed while generating"))
+        self._fail_all(EngineError("the engine stopped"), include_incoming=True)
+
+    def _step(self) -> None:
+        out: list[tuple[Sequence, Output]] = []
+        self._reap(out)
+        self._admit(out)
+        decoding, prefill = self._fill_batch()
+        if decoding or prefill:
+            self._decode(decoding, prefill, out)
+        if out:
+            self.emit(out)
+
+    def _reap(self, out: list[tuple[Sequence, Output]]) -> None:
+        now = time.monotonic()
+        for seq in list(self._waiting):
+            expired = self.queue_timeout is not None and now - seq.enqueued_at > self.queue_timeout
+            if seq.cancelled or expired:
+                self._waiting.remove(seq)
+                self._forget(seq, waiting=True)
+                if expired and not seq.cancelled:
+                    out.append((seq, QueueTimeout(
+                        f"no slot became free within the queue timeout ({self.queue_timeout:g}s)", retry_after=1)))
+        for slot in self.slots:
+            if slot.seq is not None and slot.seq.cancelled:
+                self._release(slot)
+
+    def _admit(self, out: list[tuple[Sequence, Output]]) -> None:
+        while self._waiting:
+            free = [s for s in self.slots if s.seq is None]
+            if not free:
+                return
+            seq = self._waiting.popleft()
+            slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), not s.tokens, -s.last_used))
+            keep = common_prefix(slot.tokens, seq.prompt)
+            keep = min(keep, len(seq.prompt) - 1)  # the last prompt token is decoded again for its logits
+            if not self.ctx.seq_rm(slot.seq_id, keep, -1):
+                self.ctx.seq_rm(slot.seq_id)
+                keep = 0
+            del slot.tokens[keep:]
+            seq.slot, slot.seq = slot, seq
+            seq.n_prefilled = seq.n_cached = keep
+            seq.sampler = build_sampler(seq.request.sampling, penalty_window=self.ctx.n_ctx_seq)
+            with self._cv:
+                self.n_waiting -= 1
+                self.n_running += 1
+
+    def _fill_batch(self) -> tuple[list[tuple[Sequence, int]], list[tuple[Sequence, int, int]]]:
+        """Returns the decoding sequences with their logit index, and prefill chunks
+        (sequence, chunk length, logit index or -1)."""
+        batch = self._batch
+        n = 0
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        decoding: list[tuple[Sequence, int]] = []
+        for slot in self.slots:
+            seq = slot.seq
+            if seq is not None and seq.pending is not None:
+                decoding.append((seq, n))
+                add(seq.pending, len(slot.tokens), slot.seq_id, True)
+        prefill: list[tuple[Sequence, int, int]] = []
+        for slot in sorted((s for s in self.slots if s.seq is not None and s.seq.pending is None),
+                           key=lambda s: s.seq.enqueued_at):
+            seq = slot.seq
+            budget = self.n_batch - n
+            if budget <= 0:
+                break
+            chunk = seq.prompt[seq.n_prefilled: seq.n_prefilled + budget]
+            last = seq.n_prefilled + len(chunk) == len(seq.prompt)
+            base = len(slot.tokens)
+            for i, token in enumerate(chunk):
+                add(token, base + i, slot.seq_id, last and i == len(chunk) - 1)
+            prefill.append((seq, len(chunk), n - 1 if last else -1))
+        batch.n_tokens = n
+        return decoding, prefill
+
+    def _decode(self, decoding, prefill, out: list[tuple[Sequence, Output]]) -> None:
+        rc = ll.llama_decode(self.ctx.ptr, self._batch)
+        self.steps += 1
+        if rc != 0:
+            logger.error("llama_decode returned %d for a batch of %d tokens", rc, self._batch.n_tokens)
+            for seq in [s for s, _ in decoding] + [s for s, _, _ in prefill]:
+                out.append((seq, EngineError(f"llama_decode failed ({rc})")))
+                self.ctx.seq_rm(seq.slot.seq_id)
+                seq.slot.tokens.clear()
+                self._release(seq.slot)
+            return
+        sample: list[tuple[Sequence, int]] = []
+        for seq, idx in decoding:
+            seq.slot.tokens.append(seq.pending)
+            seq.pending = None
+            sample.append((seq, idx))
+        for seq, length, idx in prefill:
+            seq.slot.tokens.extend(seq.prompt[seq.n_prefilled: seq.n_prefilled + length])
+            seq.n_prefilled += length
+            if idx >= 0:
+                sample.append((seq, idx))
+        for seq, idx in sample:
+            token = ll.llama_sampler_sample(seq.sampler, self.ctx.ptr, idx)
+            out.append((seq, self._advance(seq, token)))
+
+    def _advance(self, seq: Sequence, token: int) -> Delta:
+        """Account one sampled token; finished sequences leave their slot (KV kept for reuse)."""
+        n_prompt = len(seq.prompt)
+        if self.model.is_eog(token):
+            text = seq.decoder.decode(b"", final=True)
+            return self._finish(seq, Delta(text, (token,), FinishReason.STOP, self._usage(seq, 1)))
+        seq.generated.append(token)
+        text = seq.decoder.decode(self.model.piece(token))
+        max_new = seq.request.sampling.max_tokens
+        if (max_new is not None and len(seq.generated) >= max_new) or n_prompt + len(seq.generated) >= self.ctx.n_ctx_seq:
+            text += seq.decoder.decode(b"", final=True)
+            return self._finish(seq, Delta(text, (token,), FinishReason.LENGTH, self._usage(seq)))
+        seq.pending = token
+        return Delta(text, (token,))
+
+    @staticmethod
+    def _usage(seq: Sequence, extra: int = 0) -> Usage:
+        """``extra`` counts an end-of-generation token, which vLLM counts as generated too."""
+        return Usage(len(seq.prompt), len(seq.generated) + extra, seq.n_cached)
+
+    def _finish(self, seq: Sequence, delta: Delta) -> Delta:
+        self._release(seq.slot)
+        return delta
+
+    def _release(self, slot: Slot) -> None:
+        seq = slot.seq
+        slot.seq = None
+        slot.last_used = time.monotonic()
+        if seq is None:
+            return
+        seq.slot = None
+        if seq.sampler is not None:
+            free_sampler(seq.sampler)
+            seq.sampler = None
+        self._forget(seq, waiting=False)
+
+    def _forget(self, seq: Sequence, *, waiting: bool) -> None:
+        with self._cv:
+            self._by_id.pop(seq.request.request_id, None)
+            if waiting:
+                self.n_waiting -= 1
+            else:
+                self.n_running -= 1
+
+    def _fail_all(self, error: LLMServeError, *, include_incoming: bool = False) -> None:
+        out: list[tuple[Sequence, Output]] = []
+        for slot in self.slots:
+            if slot.seq is not None:
+                out.append((slot.seq, error))
+                self.ctx.seq_rm(slot.seq_id)
+                slot.tokens.clear()
+                self._release(slot)
+        if include_incoming:
+            with self._cv:
+                self._waiting.extend(self._incoming)
+                self._incoming.clear()
+            while self._waiting:
+                seq = self._waiting.popleft()
+                self._forget(seq, waiting=True)
+                out.append((seq, error))
+        if out:
+            self.emit(out)

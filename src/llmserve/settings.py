@@ -1,0 +1,139 @@
+"""All configuration. Every field has a description: it is also the CLI's ``--help``.
+
+Precedence, highest first: command-line flags, ``LLMSERVE_*`` environment variables, the
+optional YAML/TOML config file (``--config``), the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+EngineName = Literal["llamacpp", "hf", "vllm", "fake"]
+
+
+class ModelSettings(BaseModel):
+    """One served model: what the engine needs to load and run it."""
+
+    name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")
+    engine: EngineName = Field("llamacpp", description="Inference engine.")
+    path: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
+    ctx_size: int = Field(0, ge=0, description="Total KV-cache context in tokens, split across --parallel slots as llama-server does (0: the model's training context).")
+    parallel: int = Field(8, ge=1, le=256, description="Sequences decoded together (continuous-batching slots).")
+    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores).")
+    batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
+    queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
+    chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
+
+    def served_name(self) -> str:
+        if self.name:
+            return self.name
+        return Path(self.resolved_path()).name.removesuffix(".gguf") if self.resolved_path() else self.engine
+
+    def resolved_path(self) -> str:
+        if self.path:
+            return self.path
+        if self.engine == "fake":
+            return ""
+        from llmserve.models import bundled_model_path
+
+        return str(bundled_model_path())
+
+    def resolved_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Server settings plus the default model's (flat, so each is a flag and an env var)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMSERVE_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
+
+    model: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
+    served_model_name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")
+    engine: EngineName = Field("llamacpp", description="Inference engine: llamacpp, hf, vllm or fake.")
+    ctx_size: int = Field(0, ge=0, description="Total KV-cache context in tokens, split across --parallel slots as llama-server does (0: the model's training context).")
+    parallel: int = Field(8, ge=1, le=256, description="Sequences decoded together (continuous-batching slots).")
+    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores).")
+    batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
+    queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
+    chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
+    models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [m.served_name() for m in self.model_list()]
+        if len(names) != len(set(names)):
+            raise ValueError(f"served model names must be unique, got {names}")
+        return self
+
+    def model_list(self) -> list[ModelSettings]:
+        if self.models:
+            return list(self.models)
+        return [
+            ModelSettings(
+                name=self.served_model_name,
+                engine=self.engine,
+                path=self.model,
+                ctx_size=self.ctx_size,
+                parallel=self.parallel,
+                threads=self.threads,
+                batch_size=self.batch_size,
+                max_queue=self.max_queue,
+                queue_timeout=self.queue_timeout,
+                chat_template=self.chat_template,
+            )
+        ]
+
+    @classmethod
+    def load(cls, overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> Settings:
+        """Settings from flags (``overrides``), then the environment, then ``config_file``."""
+        file_source = _file_source(config_file)
+
+        class _Layered(cls):  # type: ignore[valid-type,misc]
+            @classmethod
+            def settings_customise_sources(
+                cls_,
+                settings_cls: type[BaseSettings],
+                init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                sources = [init_settings, env_settings]
+                if file_source is not None:
+                    sources.append(file_source(settings_cls))
+                return tuple(sources)
+
+        layered = _Layered(**(overrides or {}))
+        return cls.model_validate(layered.model_dump())
+
+
+def _file_source(config_file: str | Path | None):
+    if config_file is None:
+        return None
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.suffix in (".yaml", ".yml"):
+        return lambda s: YamlConfigSettingsSource(s, yaml_file=path)
+    if path.suffix == ".toml":
+        return lambda s: TomlConfigSettingsSource(s, toml_file=path)
+    raise ValueError(f"config file must be .yaml, .yml or .toml, got {path.name}")

@@ -1,0 +1,97 @@
+"""Plain dataclasses spoken across the engine boundary.
+
+Nothing here knows about HTTP or pydantic: the server translates its wire models into these,
+and every engine consumes and produces only these.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens or the context window reached
+    ABORT = "abort"  # cancelled (client gone, server shutting down)
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling parameters with OpenAI/vLLM meanings. ``temperature == 0`` means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables
+    min_p: float = 0.0  # 0 disables
+    max_tokens: int | None = None  # None: until the context window is full
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1 disables
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation. ``prompt_tokens`` are already rendered and tokenized."""
+
+    request_id: str
+    prompt_tokens: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the KV cache (prefix reuse)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One streamed step: new text (may be empty), and on the last step the finish reason and usage."""
+
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole answer, as returned by ``ChatModel.chat``."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine honours; the server rejects anything else with 400 naming the parameter."""
+
+    sampling: frozenset[str]
+    max_context: int  # longest prompt + completion one request may use
+    chat_template: bool = True
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    loaded: bool
+    running: int = 0  # sequences being prefilled or decoded
+    waiting: int = 0  # admitted but not yet scheduled
