@@ -12,7 +12,8 @@ import llama_cpp as ll
 from llmserve.errors import EngineError, ModelNotFound
 
 logger = logging.getLogger(__name__)
-_GGML_LEVELS = {1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG, 5: logging.DEBUG}
+# ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continuation
+_GGML_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR, 5: logging.DEBUG}
 
 
 @ll.llama_log_callback

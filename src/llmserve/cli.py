@@ -1,0 +1,148 @@
+"""Command line: ``llmserve serve | chat | models``. Flags are generated from ``Settings``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmserve import __version__
+from llmserve.settings import ModelSettings, Settings
+
+CLI_EXCLUDED = {"models"}
+
+
+def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, list(typing.get_args(annotation))
+    if args:
+        return _flag_type(args[0]) if len(args) == 1 else (str, None)
+    return annotation if annotation in (int, float, str) else str, None
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = frozenset()) -> None:
+    """One flag per Settings field; unset flags stay absent so env vars and the config file apply."""
+    for name, field in Settings.model_fields.items():
+        if name in CLI_EXCLUDED or name in skip:
+            continue
+        flag_type, choices = _flag_type(field.annotation)
+        env = f"LLMSERVE_{name.upper()}"
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices,
+            default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.default!r}]",
+        )
+    parser.add_argument("--config", type=Path, default=None, help="YAML or TOML file with settings (lowest precedence).")
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    if getattr(args, "model_path", None):
+        overrides["model"] = args.model_path
+    return Settings.load(overrides, args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmserve", description="OpenAI-compatible LLM chat server.")
+    parser.add_argument("--version", action="version", version=f"llmserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="Run the OpenAI-compatible HTTP server.")
+    serve.add_argument("model_path", nargs="?", metavar="MODEL_PATH", help="GGUF file or HF model directory (default: bundled SmolLM2-135M-Instruct).")
+    add_settings_flags(serve, skip={"model"})
+
+    chat = sub.add_parser("chat", help="Chat with a model in the terminal (streaming, keeps the conversation).")
+    chat.add_argument("model_path", nargs="?", metavar="MODEL_PATH", help="GGUF file or HF model directory (default: bundled).")
+    chat.add_argument("--system", default=None, help="System prompt.")
+    chat.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature (default 0.7).")
+    chat.add_argument("--max-tokens", type=int, default=512, help="Most tokens per reply (default 512).")
+    add_settings_flags(chat, skip={"model", "host", "port", "max_request_bytes"})
+
+    models = sub.add_parser("models", help="List the models available on this machine, the bundled default included.")
+    models.add_argument("--dir", action="append", type=Path, default=[], help="Also search this directory (repeatable).")
+    models.add_argument("--json", action="store_true", help="Print JSON.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(load_settings(args))
+        if args.command == "chat":
+            return _chat(args, load_settings(args))
+        return _models(args)
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        print(f"llmserve: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from llmserve.log import configure_logging
+    from llmserve.server.app import create_app
+
+    configure_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                log_level=settings.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _chat(args: argparse.Namespace, settings: Settings) -> int:
+    from llmserve.chat_model import ChatModel
+    from llmserve.log import configure_logging
+
+    configure_logging("warning")
+    model_settings: ModelSettings = settings.model_list()[0]
+    print(f"loading {model_settings.served_name()} ...", file=sys.stderr)
+    with ChatModel(settings=model_settings) as model:
+        history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+        print("ready. /reset clears the conversation, /exit or Ctrl-D quits.", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                return 0
+            if line in ("/exit", "/quit"):
+                return 0
+            if line == "/reset":
+                history = history[:1] if args.system else []
+                continue
+            if not line:
+                continue
+            history.append({"role": "user", "content": line})
+            parts = []
+            try:
+                for piece in model.stream_chat(history, temperature=args.temperature, max_tokens=args.max_tokens):
+                    print(piece, end="", flush=True)
+                    parts.append(piece)
+            except KeyboardInterrupt:
+                pass
+            print()
+            history.append({"role": "assistant", "content": "".join(parts)})
+
+
+def _models(args: argparse.Namespace) -> int:
+    from llmserve.models import discover
+
+    dirs = list(args.dir) + [Path.home() / "models", Path.home() / ".cache" / "llmserve" / "models"]
+    found = discover(dirs)
+    if args.json:
+        print(json.dumps([{"name": m.name, "path": str(m.path), "format": m.format, "size_bytes": m.size_bytes,
+                           "bundled": m.bundled} for m in found], indent=2))
+        return 0
+    if not found:
+        print("no models found")
+        return 1
+    width = max(len(m.name) for m in found)
+    for m in found:
+        tag = " (bundled default)" if m.bundled else ""
+        print(f"{m.name:<{width}}  {m.format:<4}  {m.size_bytes / 1e6:8.1f} MB  {m.path}{tag}")
+    return 0

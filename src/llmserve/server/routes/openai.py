@@ -1,0 +1,126 @@
+"""OpenAI-compatible chat completions and model listing."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from llmserve.errors import LLMServeError
+from llmserve.server.convert import chat_sampling, to_message, usage_info
+from llmserve.server.deps import get_registry
+from llmserve.server.errors import error_payload
+from llmserve.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    DeltaMessage,
+    ModelCard,
+    ModelList,
+)
+from llmserve.server.sse import DONE, ClientGone, sse, until_disconnect
+from llmserve.types import Delta, Usage
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/models")
+async def list_models(request: Request) -> ModelList:
+    cards = []
+    for model in get_registry(request).models.values():
+        caps = model.engine.capabilities
+        cards.append(ModelCard(
+            id=model.name, engine=model.settings.engine, max_model_len=caps.max_context,
+            capabilities={"sampling": sorted(caps.sampling), "ready": model.ready},
+        ))
+    return ModelList(data=cards)
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
+    model = get_registry(request).get(body.model)
+    sampling = chat_sampling(body)
+    prompt = model.render([to_message(m) for m in body.messages])
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    gen = model.build_request(prompt, sampling, request_id=completion_id)
+    deltas = model.agenerate(gen)
+    logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
+    if body.stream:
+        # admission, validation and the first token happen before the 200 is committed
+        try:
+            first = await anext(deltas)
+        except BaseException:
+            await deltas.aclose()
+            raise
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _chat_events(completion_id, model.name, first, deltas, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        text, last = await until_disconnect(request, _collect(deltas))
+    except ClientGone:
+        logger.info("client left before %s finished; generation aborted", completion_id)
+        return Response(status_code=499)
+    return ChatCompletion(
+        id=completion_id,
+        model=model.name,
+        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason.value)],
+        usage=usage_info(last.usage),
+    )
+
+
+async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
+    parts: list[str] = []
+    last = Delta()
+    try:
+        async for delta in deltas:
+            parts.append(delta.text)
+            last = delta
+    finally:
+        await deltas.aclose()
+    return "".join(parts), last
+
+
+async def _chat_events(
+    completion_id: str, model_name: str, first: Delta, deltas: AsyncIterator[Delta], include_usage: bool
+) -> AsyncIterator[str]:
+    created = int(time.time())
+
+    def chunk(delta: DeltaMessage, finish: str | None = None) -> str:
+        return sse(ChatCompletionChunk(
+            id=completion_id, created=created, model=model_name,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+        ))
+
+    usage: Usage | None = None
+    try:
+        yield chunk(DeltaMessage(role="assistant", content=""))
+        delta: Delta | None = first
+        while delta is not None:
+            if delta.text:
+                yield chunk(DeltaMessage(content=delta.text))
+            if delta.finish_reason is not None:
+                usage = delta.usage
+                yield chunk(DeltaMessage(), delta.finish_reason.value)
+                break
+            delta = await anext(deltas, None)
+        if include_usage:
+            yield sse(ChatCompletionChunk(
+                id=completion_id, created=created, model=model_name, choices=[], usage=usage_info(usage),
+            ))
+    except LLMServeError as exc:  # after the 200: report in-band, then end the stream properly
+        logger.warning("stream %s failed: %s", completion_id, exc.message)
+        yield sse(error_payload(exc))
+    except Exception:
+        logger.exception("stream %s failed", completion_id)
+        yield sse({"error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}})
+    finally:
+        await deltas.aclose()
+    yield DONE
