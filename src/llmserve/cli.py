@@ -31,8 +31,13 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
     for name, field in Settings.model_fields.items():
         if name in CLI_EXCLUDED or name in skip:
             continue
-        flag_type, choices = _flag_type(field.annotation)
         env = f"LLMSERVE_{name.upper()}"
+        if typing.get_origin(field.annotation) is list:  # repeatable flag, singular name
+            flag = "--" + name.removesuffix("s").replace("_", "-")
+            parser.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
+                                help=f"{field.description} [env {env}]")
+            continue
+        flag_type, choices = _flag_type(field.annotation)
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices,
             default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.default!r}]",

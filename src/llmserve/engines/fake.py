@@ -72,7 +72,7 @@ class FakeEngine(Engine):
         return ids
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
-        return "".join(self._words[i] for i in token_ids if 0 < i < len(self._words))
+        return "".join(self._words[i] for i in token_ids if 0 <= i < len(self._words))
 
     def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
         return self._template.render(messages, add_generation_prompt=add_generation_prompt)

@@ -7,10 +7,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from llmserve.errors import LLMServeError
+from llmserve.server.auth import require_api_key
 from llmserve.server.convert import chat_sampling, to_message, usage_info
 from llmserve.server.deps import get_registry
 from llmserve.server.errors import error_payload
@@ -29,7 +30,7 @@ from llmserve.server.sse import DONE, ClientGone, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 
 @router.get("/models")

@@ -1,0 +1,155 @@
+"""Shared fixtures: fake-engine apps (fast tier), the bundled model (real tier), live servers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from llmserve.chat_model import AsyncChatModel
+from llmserve.server.app import create_app
+from llmserve.settings import ModelSettings, Settings
+
+# Inference threads for the real-model tiers: 2 cores here, and the test process needs some CPU too.
+THREADS = int(os.environ.get("LLMSERVE_TEST_THREADS", "2"))
+
+
+def fake_model(name: str = "fake-model", **options: Any) -> AsyncChatModel:
+    settings_fields = {k: options.pop(k) for k in ("parallel", "max_queue", "queue_timeout") if k in options}
+    return AsyncChatModel(settings=ModelSettings(name=name, engine="fake", options=options, **settings_fields))
+
+
+def wait_healthy(client: TestClient | httpx.Client, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise TimeoutError("server did not become healthy")
+
+
+@contextmanager
+def app_client(*models: AsyncChatModel, settings: Settings | None = None, wait: bool = True) -> Iterator[TestClient]:
+    app = create_app(settings or Settings(), models=list(models) or [fake_model()])
+    with TestClient(app, raise_server_exceptions=False) as client:
+        if wait:
+            wait_healthy(client)
+        yield client
+
+
+@pytest.fixture
+def make_client() -> Callable[..., Any]:
+    """``with make_client(fake_model(reply=...)) as client:`` — a TestClient over fake engines."""
+    return app_client
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with app_client(fake_model()) as c:
+        yield c
+
+
+# -- the bundled model ----------------------------------------------------------------------------
+def llama_settings(**overrides: Any) -> ModelSettings:
+    return ModelSettings(**{"engine": "llamacpp", "parallel": 8, "threads": THREADS, "ctx_size": 8192, **overrides})
+
+
+@pytest.fixture(scope="session")
+def bundled_path() -> Path:
+    from llmserve.models import bundled_model_path
+
+    return bundled_model_path()
+
+
+@pytest.fixture(scope="session")
+def llama_client() -> Iterator[TestClient]:
+    """One in-process app over the real llama.cpp engine for the whole session."""
+    model = AsyncChatModel(settings=llama_settings(name="smollm2"))
+    with app_client(model) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadServer:
+    """uvicorn in a thread of the test process: a real socket, and the engine is reachable."""
+
+    def __init__(self, app, port: int):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.url = f"http://127.0.0.1:{port}"
+        self.app = app
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        with httpx.Client(base_url=self.url) as c:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if c.get("/health").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        raise TimeoutError("thread server did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[ThreadServer]:
+    """The real engine behind a real socket, in this process (to watch the engine directly)."""
+    model = AsyncChatModel(settings=llama_settings(name="smollm2"))
+    with ThreadServer(create_app(Settings(), models=[model]), free_port()) as server:
+        server.model = model
+        yield server
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[str]:
+    """``llmserve serve`` as a subprocess on the bundled model, as a user would run it."""
+    port = free_port()
+    env = {**os.environ, "LLMSERVE_THREADS": str(THREADS)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmserve", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise TimeoutError("live server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
