@@ -7,7 +7,7 @@ import llama_cpp as ll
 from llmserve.types import SamplingParams
 
 
-def build_sampler(params: SamplingParams, *, penalty_window: int):
+def build_sampler(params: SamplingParams, *, n_vocab: int, penalty_window: int):
     """A sampler chain for one sequence; the caller frees it with ``free_sampler``.
 
     Order as llama.cpp's own defaults: penalties, top-k, top-p, min-p, temperature, then the
@@ -20,7 +20,7 @@ def build_sampler(params: SamplingParams, *, penalty_window: int):
 
     if params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
         add(ll.llama_sampler_init_penalties(
-            penalty_window, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
+            n_vocab, penalty_window, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
         ))
     if params.greedy:
         add(ll.llama_sampler_init_greedy())
