@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import threading
 import uuid
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -132,20 +133,23 @@ class AsyncChatModel:
         self, messages: MessagesLike, request_id: str | None = None, **sampling: Any
     ) -> AsyncIterator[Delta]:
         request = self.build_request(self.render(messages), SamplingParams(**_sampling(sampling)), request_id)
-        async for delta in self.agenerate(request):
-            yield delta
+        async with aclosing(self.agenerate(request)) as deltas:  # closing aborts in the engine
+            async for delta in deltas:
+                yield delta
 
     async def astream_chat(self, messages: MessagesLike, **sampling: Any) -> AsyncIterator[str]:
-        async for delta in self.astream_deltas(messages, **sampling):
-            if delta.text:
-                yield delta.text
+        async with aclosing(self.astream_deltas(messages, **sampling)) as deltas:
+            async for delta in deltas:
+                if delta.text:
+                    yield delta.text
 
     async def achat(self, messages: MessagesLike, **sampling: Any) -> Completion:
         parts: list[str] = []
         last = Delta()
-        async for delta in self.astream_deltas(messages, **sampling):
-            parts.append(delta.text)
-            last = delta
+        async with aclosing(self.astream_deltas(messages, **sampling)) as deltas:
+            async for delta in deltas:
+                parts.append(delta.text)
+                last = delta
         return Completion("".join(parts), last.finish_reason or FinishReason.STOP, last.usage or Usage())
 
 

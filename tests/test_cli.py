@@ -1,0 +1,74 @@
+"""CLI: flags generated from Settings, precedence flag > env > config file, and the commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmserve.cli import build_parser, load_settings, main
+from llmserve.settings import Settings
+
+
+def settings_for(argv: list[str]) -> Settings:
+    return load_settings(build_parser().parse_args(argv))
+
+
+def test_defaults():
+    s = settings_for(["serve"])
+    assert (s.host, s.port, s.engine, s.parallel) == ("127.0.0.1", 8000, "llamacpp", 8)
+
+
+def test_flags_env_and_config_precedence(tmp_path, monkeypatch):
+    cfg = tmp_path / "llmserve.yaml"
+    cfg.write_text("port: 9100\nparallel: 3\nctx_size: 4096\nthreads: 1\n")
+    monkeypatch.setenv("LLMSERVE_PARALLEL", "5")
+    monkeypatch.setenv("LLMSERVE_THREADS", "2")
+    s = settings_for(["serve", "--config", str(cfg), "--threads", "4", "/models/x.gguf"])
+    assert s.port == 9100  # config file
+    assert s.parallel == 5  # env beats config
+    assert s.threads == 4  # flag beats env
+    assert s.ctx_size == 4096
+    assert s.model == "/models/x.gguf"
+
+
+def test_toml_config_and_repeatable_api_key(tmp_path):
+    cfg = tmp_path / "llmserve.toml"
+    cfg.write_text('max_queue = 7\nengine = "fake"\n')
+    s = settings_for(["serve", "--config", str(cfg), "--api-key", "a", "--api-key", "b"])
+    assert s.max_queue == 7 and s.engine == "fake" and s.api_keys == ["a", "b"]
+
+
+def test_bad_values_are_clear_errors(tmp_path, capsys):
+    assert main(["serve", "--parallel", "0"]) == 2
+    assert "parallel" in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "missing.yaml")]) == 2
+    with pytest.raises(SystemExit):
+        main(["serve", "--engine", "nope"])
+
+
+def test_models_lists_bundled_default():
+    out = subprocess.run([sys.executable, "-m", "llmserve", "models", "--json"], capture_output=True, text=True, check=True)
+    models = json.loads(out.stdout)
+    bundled = [m for m in models if m["bundled"]]
+    assert bundled and bundled[0]["name"] == "SmolLM2-135M-Instruct.Q4_1" and bundled[0]["format"] == "gguf"
+
+
+def test_serve_help_documents_env_vars():
+    out = subprocess.run([sys.executable, "-m", "llmserve", "serve", "--help"], capture_output=True, text=True, check=True)
+    assert "LLMSERVE_CTX_SIZE" in out.stdout and "--threads" in out.stdout and "MODEL_PATH" in out.stdout
+
+
+def test_chat_command_keeps_the_conversation():
+    script = "What is the capital of France? Answer in one word.\nRepeat your last answer.\n/exit\n"
+    out = subprocess.run(
+        [sys.executable, "-m", "llmserve", "chat", "--temperature", "0", "--max-tokens", "16", "--threads", "2",
+         "--parallel", "1", "--ctx-size", "2048"],
+        input=script, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    replies = [line for line in out.stdout.split("> ") if line.strip()]
+    assert "Paris" in replies[0]
+    assert len(replies) >= 2
