@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import httpx
@@ -50,6 +51,11 @@ def last_reply(driver) -> str:
     return replies[-1].text if replies else ""
 
 
+def prompt_tokens(driver) -> list[int]:
+    stats = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant .stats")
+    return [int(re.search(r"(\d+) prompt tokens", e.text).group(1)) for e in stats]
+
+
 def js_errors(driver) -> list[str]:
     """Console errors other than the failed HTTP responses a test provoked on purpose."""
     return [e["message"] for e in driver.get_log("browser")
@@ -94,6 +100,10 @@ def test_streamed_reply_appears_before_generation_ends(page, artifacts):
         page.save_screenshot(str(artifacts / "web-chat.png"))
         page.set_window_size(420, 860)
         page.save_screenshot(str(artifacts / "web-chat-narrow.png"))
+        settings, toggle = page.find_element(By.ID, "settings"), page.find_element(By.ID, "settings-toggle")
+        assert not settings.is_displayed() and toggle.is_displayed()  # folded on a phone-sized screen
+        toggle.click()
+        assert settings.is_displayed() and page.find_element(By.ID, "api-key").is_displayed()
         assert js_errors(page) == []
 
 
@@ -111,6 +121,14 @@ def test_conversation_keeps_history_and_settings(page):
         wait_for(lambda: len(page.find_elements(By.CSS_SELECTOR, ".msg.assistant .stats")) == 2, what="reply 2")
         replies = [e.text for e in page.find_elements(By.CSS_SELECTOR, ".msg.assistant .content")]
         assert replies == ["first question", "second question"]
+        first, second = prompt_tokens(page)
+        assert second > first + 4  # the second request carried the first exchange
+
+        page.find_element(By.ID, "clear").click()
+        assert not page.find_elements(By.CSS_SELECTOR, ".msg") and page.find_element(By.ID, "empty").is_displayed()
+        send(page, "third question")
+        wait_for(lambda: last_reply(page) == "third question" and state(page) == "idle", what="reply 3")
+        assert prompt_tokens(page) == [first]  # a new chat sends no history
 
         # settings survive a reload (local storage); the conversation starts over
         page.refresh()
@@ -146,7 +164,7 @@ def test_stop_cancels_the_generation_on_the_server(page):
         assert js_errors(page) == []
 
 
-def test_wrong_api_key_shows_the_servers_401_message(page):
+def test_wrong_api_key_shows_the_servers_401_message(page, artifacts):
     settings = Settings(api_keys=["right-key"])
     with page_server(fake_model(reply="welcome in"), settings=settings) as server:
         open_page(page, server)
@@ -165,6 +183,7 @@ def test_wrong_api_key_shows_the_servers_401_message(page):
         assert "Incorrect API key provided." in error.text
         assert "Check the API key" in error.text
         assert page.find_element(By.ID, "prompt").get_attribute("value") == "hello"  # offered again
+        page.save_screenshot(str(artifacts / "web-chat-401.png"))
 
         key.clear()
         key.send_keys("right-key", Keys.TAB)
@@ -203,6 +222,20 @@ def test_busy_server_shows_503_message_and_advice(page):
         finally:
             release.set()
             thread.join(10)
+
+
+def test_failure_mid_stream_keeps_the_text_and_shows_the_error(page, artifacts):
+    model = fake_model(reply="one two three four five six", token_delay=0.02, fail_after=3)
+    with page_server(model) as server:
+        open_page(page, server)
+        wait_for(lambda: models_loaded(page), what="the model list")
+        send(page, "hello")
+        error = wait_for(lambda: page.find_elements(By.CSS_SELECTOR, ".msg.assistant .error"), what="the error")[-1]
+        assert "Generation failed" in error.text and "injected failure" in error.text
+        assert last_reply(page) == "one two three"
+        assert state(page) == "idle"
+        assert running(server) == 0
+        page.save_screenshot(str(artifacts / "web-chat-error.png"))
 
 
 def test_markdown_renderer_escapes_html(page):

@@ -102,16 +102,28 @@
   }
 
   // -- models ------------------------------------------------------------------------------------
+  function noModels() {
+    if (els.model.options.length) return;
+    const option = document.createElement("option");
+    option.value = "";
+    option.textContent = "No models available";
+    option.disabled = true;
+    els.model.append(option);
+    els.model.value = "";
+  }
+
   async function loadModels() {
     let resp;
     try {
       resp = await fetch("/v1/models", { headers: authHeaders() });
     } catch (e) {
       showBanner(networkError(e));
+      noModels();
       return;
     }
     if (!resp.ok) {
       showBanner(await apiError(resp));
+      noModels();
       return;
     }
     const data = await resp.json();
@@ -125,6 +137,7 @@
       els.model.append(option);
     }
     if (previous && [...els.model.options].some((o) => o.value === previous)) els.model.value = previous;
+    noModels();
     hideBanner();
   }
 
