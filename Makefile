@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev clean
+.PHONY: run test install install-dev clean chromium
 
 $(VENV)/.run-installed: requirements/run.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ install-dev: $(VENV)/.dev-installed
 run: install
 	$(VENV)/bin/llmserve serve --host $(HOST) --port $(PORT)
 
-test: install-dev
+test: install-dev chromium
 	$(PY) -m pytest -q
+
+# headless Chromium + chromedriver (Debian packages) for the web page tests; idempotent
+chromium:
+	sh scripts/ensure-chromium.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

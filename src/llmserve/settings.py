@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
     api_keys: list[str] = Field(default_factory=list, description="API keys clients must send as 'Authorization: Bearer KEY' (repeat --api-key; env: JSON list). Empty: no auth.")
+    web_ui: bool = Field(True, description="Serve the browser chat page at '/' (it calls the public API, so API keys still apply).")
 
     model: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
     served_model_name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")

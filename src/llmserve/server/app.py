@@ -12,7 +12,7 @@ from llmserve.chat_model import AsyncChatModel
 from llmserve.server.errors import install_error_handlers
 from llmserve.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from llmserve.server.registry import ModelRegistry
-from llmserve.server.routes import health, openai
+from llmserve.server.routes import health, openai, web
 from llmserve.settings import Settings
 
 
@@ -36,6 +36,8 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai.router)
+    if settings.web_ui:
+        app.include_router(web.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
