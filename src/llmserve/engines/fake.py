@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 
 from llmserve.chat_template import ChatTemplate
@@ -104,6 +105,7 @@ class FakeEngine(Engine):
             raise QueueTimeout(f"waited {self.settings.queue_timeout}s for a free slot", retry_after=1) from None
         finally:
             self._waiting -= 1
+        request.timing.started_at = time.monotonic()
         self._running.add(request.request_id)
         try:
             async for delta in self._decode(request):
