@@ -107,3 +107,11 @@ class EngineStats:
     loaded: bool
     running: int = 0  # sequences being prefilled or decoded
     waiting: int = 0  # admitted but not yet scheduled
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per input (unit length unless the embedder says otherwise), and the tokens read."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int

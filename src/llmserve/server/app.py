@@ -13,7 +13,7 @@ from llmserve.server.errors import install_error_handlers
 from llmserve.server.metrics import Metrics
 from llmserve.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from llmserve.server.registry import ModelRegistry
-from llmserve.server.routes import health, metrics, openai
+from llmserve.server.routes import completions, embeddings, health, metrics, openai, tokenize
 from llmserve.settings import Settings
 
 
@@ -41,8 +41,11 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai.router)
-    # -- operations: metrics --
+    # -- operations: metrics, completions, embeddings, tokenize --
     app.include_router(metrics.router)
+    app.include_router(completions.router)
+    app.include_router(embeddings.router)
+    app.include_router(tokenize.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
