@@ -83,7 +83,7 @@ def test_completed_requests_move_counters_and_histograms(client):
 
 
 def test_gauges_follow_running_and_waiting():
-    slow = fake_model(reply=" ".join(["word"] * 40), token_delay=0.02, parallel=1)
+    slow = fake_model(reply=" ".join(["word"] * 20), token_delay=0.01, parallel=1)
     with app_client(slow) as client:
         threads = [post_in_thread(client, body()) for _ in range(2)]
         wait_for(client, lambda s: value(s, "num_requests_running") == 1 and value(s, "num_requests_waiting") == 1)
@@ -91,11 +91,11 @@ def test_gauges_follow_running_and_waiting():
             t.join()
         s = scrape(client)
         assert value(s, "num_requests_running") == 0 and value(s, "num_requests_waiting") == 0
-        assert value(s, "request_queue_time_seconds_sum") > 0.3  # the second one waited for the first
+        assert value(s, "request_queue_time_seconds_sum") > 0.1  # the second one waited for the first
 
 
 def test_rejections_by_reason():
-    busy = fake_model(reply=" ".join(["word"] * 50), token_delay=0.02, parallel=1, max_queue=0, max_context=64)
+    busy = fake_model(reply=" ".join(["word"] * 40), token_delay=0.01, parallel=1, max_queue=0, max_context=64)
     with app_client(busy) as client:
         assert client.post(CHAT, json=body(max_tokens=500)).status_code == 400  # context_length
         assert client.post(CHAT, json=body(temperature=5)).status_code == 400  # invalid

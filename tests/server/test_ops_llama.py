@@ -89,3 +89,28 @@ def test_a_gguf_served_for_embeddings_only(bundled_path):
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
         card = client.get("/v1/models").json()["data"][0]
         assert card["max_model_len"] == 256
+
+
+def test_bench_and_metrics_on_the_real_engine(llama_server, capsys):
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llmserve.cli import main
+
+    rc = main(["bench", "--url", f"llmserve={llama_server.url}", "--concurrency", "1,2", "--requests", "2",
+               "--max-tokens", "8", "--warmup", "0", "--json", "--no-progress"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert [r["errors"] for r in rows] == [0, 0]
+    assert all(r["output_tokens"] > 0 and r["ttft_p50_ms"] > 0 for r in rows)
+    import httpx
+
+    text = httpx.get(llama_server.url + "/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    done = sum(v for (name, _), v in samples.items() if name == "llmserve:request_success_total")
+    assert done >= 4
+    assert samples[("llmserve:request_queue_time_seconds_count", (("model_name", "smollm2"),))] >= 4
+    assert samples[("llmserve:generation_tokens_total", (("model_name", "smollm2"),))] >= sum(
+        r["output_tokens"] for r in rows)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 
 from llmserve import errors
-from llmserve.types import Delta, GenerationRequest
+from llmserve.types import Delta, EngineStats, GenerationRequest
 
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
@@ -108,11 +108,13 @@ class Metrics:
             metric.labels(name)
 
     def refresh(self, models: Iterable[AsyncChatModel]) -> None:
-        """Copies the engines' own queue counts into the gauges."""
+        """Copies the engines' own queue counts into the gauges (at each scrape)."""
         for model in models:
-            stats = model.engine.stats()
-            self.running.labels(model.name).set(stats.running)
-            self.waiting.labels(model.name).set(stats.waiting)
+            self._set_gauges(model.name, model.engine.stats())
+
+    def _set_gauges(self, model_name: str, stats: EngineStats) -> None:
+        self.running.labels(model_name).set(stats.running)
+        self.waiting.labels(model_name).set(stats.waiting)
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text format body and its content type."""
@@ -132,8 +134,12 @@ class Metrics:
             self.rejected.labels(model_name, reason).inc()
 
     async def observe(self, deltas: AsyncIterator[Delta], request: GenerationRequest, model_name: str,
-                      arrival: float | None = None) -> AsyncIterator[Delta]:
-        """``deltas`` unchanged, measured. Closing this closes ``deltas`` (and aborts the request)."""
+                      arrival: float | None = None,
+                      stats: Callable[[], EngineStats] | None = None) -> AsyncIterator[Delta]:
+        """``deltas`` unchanged, measured. Closing this closes ``deltas`` (and aborts the request).
+
+        ``stats`` (the engine's) also refreshes the gauges as requests start and end: with several
+        workers a scrape only reaches one of them, so the others' gauges must not wait for theirs."""
         t0 = arrival if arrival is not None else time.monotonic()
         submitted = time.monotonic()
         first: float | None = None
@@ -149,6 +155,8 @@ class Metrics:
                     started = request.timing.started_at
                     if started is not None:
                         self.queue_time.labels(model_name).observe(max(0.0, started - submitted))
+                    if stats is not None:
+                        self._set_gauges(model_name, stats())
                 else:
                     self.itl.labels(model_name).observe(now - last)
                 last = now
@@ -165,6 +173,8 @@ class Metrics:
             raise
         finally:
             await deltas.aclose()
+            if stats is not None:
+                self._set_gauges(model_name, stats())
 
 
 def _phase(request: GenerationRequest, streamed: bool) -> str:
@@ -189,7 +199,7 @@ def get_metrics(conn: HTTPConnection) -> Metrics:
 
 def observe(conn: HTTPConnection, model: AsyncChatModel, request: GenerationRequest) -> AsyncIterator[Delta]:
     """The measured delta stream of ``request`` on ``model``: what generation routes iterate."""
-    return get_metrics(conn).observe(model.agenerate(request), request, model.name)
+    return get_metrics(conn).observe(model.agenerate(request), request, model.name, stats=model.engine.stats)
 
 
 def record_rejection(conn: HTTPConnection, exc: errors.LLMServeError) -> None:
