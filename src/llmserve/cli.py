@@ -40,7 +40,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
         flag_type, choices = _flag_type(field.annotation)
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices,
-            default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.default!r}]",
+            default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.get_default(call_default_factory=True)!r}]",
         )
     parser.add_argument("--config", type=Path, default=None, help="YAML or TOML file with settings (lowest precedence).")
 
