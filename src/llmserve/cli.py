@@ -1,4 +1,4 @@
-"""Command line: ``llmserve serve | chat | models``. Flags are generated from ``Settings``."""
+"""Command line: ``llmserve serve | chat | models | bench``. Flags are generated from ``Settings``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
         flag_type, choices = _flag_type(field.annotation)
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices,
-            default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.default!r}]",
+            default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.get_default(call_default_factory=True)!r}]",
         )
     parser.add_argument("--config", type=Path, default=None, help="YAML or TOML file with settings (lowest precedence).")
 
@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="List the models available on this machine, the bundled default included.")
     models.add_argument("--dir", action="append", type=Path, default=[], help="Also search this directory (repeatable).")
     models.add_argument("--json", action="store_true", help="Print JSON.")
+
+    # -- operations: load generation against any OpenAI-compatible server --
+    from llmserve.bench.cli import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="Benchmark OpenAI-compatible servers: throughput and latency per concurrency.")
+    add_bench_arguments(bench)
     return parser
 
 
@@ -81,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(load_settings(args))
         if args.command == "chat":
             return _chat(args, load_settings(args))
+        if args.command == "bench":
+            from llmserve.bench.cli import run as run_bench
+
+            return run_bench(args)
         return _models(args)
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         print(f"llmserve: {exc}", file=sys.stderr)
@@ -91,9 +101,12 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from llmserve.log import configure_logging
-    from llmserve.server.app import create_app
+    from llmserve.server import multiproc
 
     configure_logging(settings.log_level)
+    multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
+    from llmserve.server.app import create_app
+
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                 log_level=settings.log_level, timeout_graceful_shutdown=5)
     return 0

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
+    # -- operations (metrics) --
+    metrics_dir: str | None = Field(
+        default_factory=lambda: os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        description="Directory for Prometheus multiprocess metric files, shared by the workers "
+        "(default: PROMETHEUS_MULTIPROC_DIR; a temporary directory when there are several workers).",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

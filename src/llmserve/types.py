@@ -42,6 +42,17 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+@dataclass
+class RequestTiming:
+    """Filled in by the engine as a request moves (``time.monotonic()`` seconds); read by metrics.
+
+    ``started_at``: when the request left the queue and its prefill began. Engines that cannot
+    tell leave it None (queue time is then not reported).
+    """
+
+    started_at: float | None = None
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One generation. ``prompt_tokens`` are already rendered and tokenized."""
@@ -49,6 +60,7 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    timing: RequestTiming = field(default_factory=RequestTiming, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -95,3 +107,11 @@ class EngineStats:
     loaded: bool
     running: int = 0  # sequences being prefilled or decoded
     waiting: int = 0  # admitted but not yet scheduled
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per input (unit length unless the embedder says otherwise), and the tokens read."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int

@@ -5,7 +5,20 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Sequence
 
-from llmserve.types import Capabilities, Delta, EngineStats, GenerationRequest, Message
+from llmserve.types import Capabilities, Delta, Embeddings, EngineStats, GenerationRequest, Message
+
+
+class Embedder(abc.ABC):
+    """An optional engine capability: ``engine.embedder`` is one, or None when it cannot embed."""
+
+    dimensions: int
+
+    @abc.abstractmethod
+    async def aembed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
+        """One pooled vector per input (a text, or token ids)."""
+
+    async def aclose(self) -> None:
+        """Free what the embedder holds; the engine calls it from ``stop``."""
 
 
 class Engine(abc.ABC):
@@ -16,6 +29,8 @@ class Engine(abc.ABC):
     Errors are raised as ``llmserve.errors`` exceptions, never backend ones; admission errors
     (queue full, context too long) surface at the first ``__anext__``, before any delta.
     """
+
+    embedder: Embedder | None = None  # optional capability: embeddings (see ``Embedder``)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -38,7 +53,8 @@ class Engine(abc.ABC):
         """Token ids of ``text``; special tokens written in the text are parsed as such."""
 
     @abc.abstractmethod
-    def detokenize(self, token_ids: Sequence[int]) -> str: ...
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The inverse of ``tokenize``: special tokens are written out; unknown ids are InvalidRequest."""
 
     @abc.abstractmethod
     def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:

@@ -11,13 +11,23 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 
 from llmserve.chat_template import ChatTemplate
-from llmserve.engines.base import Engine
-from llmserve.errors import EngineError, Overloaded, QueueTimeout
+from llmserve.engines.base import Embedder, Engine
+from llmserve.errors import EngineError, InvalidRequest, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
-from llmserve.types import Capabilities, Delta, EngineStats, FinishReason, GenerationRequest, Message, Usage
+from llmserve.types import (
+    Capabilities,
+    Delta,
+    Embeddings,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    Usage,
+)
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -43,6 +53,7 @@ class FakeEngine(Engine):
         self._waiting = 0
         self._slots: asyncio.Semaphore | None = None
         self._aborted: set[str] = set()
+        self.embedder = FakeEmbedder(self)
 
     async def start(self) -> None:
         await asyncio.sleep(float(self.settings.options.get("load_delay", 0.0)))
@@ -72,7 +83,10 @@ class FakeEngine(Engine):
         return ids
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
-        return "".join(self._words[i] for i in token_ids if 0 <= i < len(self._words))
+        bad = [i for i in token_ids if not 0 <= i < len(self._words)]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is not in the vocabulary", param="tokens")
+        return "".join(self._words[i] for i in token_ids)
 
     def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
         return self._template.render(messages, add_generation_prompt=add_generation_prompt)
@@ -104,6 +118,7 @@ class FakeEngine(Engine):
             raise QueueTimeout(f"waited {self.settings.queue_timeout}s for a free slot", retry_after=1) from None
         finally:
             self._waiting -= 1
+        request.timing.started_at = time.monotonic()
         self._running.add(request.request_id)
         try:
             async for delta in self._decode(request):
@@ -134,3 +149,26 @@ class FakeEngine(Engine):
             )
             if last:
                 return
+
+
+class FakeEmbedder(Embedder):
+    """Bag-of-words vectors: equal texts embed equally, texts sharing words point alike."""
+
+    dimensions = 16
+
+    def __init__(self, engine: FakeEngine):
+        self.engine = engine
+
+    async def aembed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
+        vectors, n_tokens = [], 0
+        for item in inputs:
+            tokens = self.engine.tokenize(item) if isinstance(item, str) else list(item)
+            if not tokens:
+                raise InvalidRequest("input must not be empty", param="input")
+            n_tokens += len(tokens)
+            vector = [0.0] * self.dimensions
+            for token in tokens:
+                vector[token % self.dimensions] += 1.0
+            norm = sum(x * x for x in vector) ** 0.5
+            vectors.append([x / norm for x in vector])
+        return Embeddings(vectors, n_tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
+from llmserve.chat_model import AsyncChatModel
 from llmserve.server.registry import ModelRegistry
 from llmserve.settings import Settings
 
@@ -14,3 +15,14 @@ def get_registry(conn: HTTPConnection) -> ModelRegistry:
 
 def get_settings(conn: HTTPConnection) -> Settings:
     return conn.app.state.settings
+
+
+def get_model(conn: HTTPConnection, name: str | None) -> AsyncChatModel:
+    """The model a request names (404 if unknown, 503 while loading), remembered on
+    ``conn.state.model_name`` so metrics can label a later rejection with it."""
+    registry = get_registry(conn)
+    if name in registry.models:
+        conn.state.model_name = name
+    model = registry.get(name)
+    conn.state.model_name = model.name
+    return model

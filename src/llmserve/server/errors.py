@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmserve.errors import LLMServeError, Overloaded, RateLimited
+from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited
+from llmserve.server.metrics import record_rejection
 from llmserve.server.protocol import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LLMServeError)
     async def _llmserve_error(request: Request, exc: LLMServeError) -> JSONResponse:
+        record_rejection(request, exc)
         if exc.status_code >= 500:
             logger.warning("request failed: %s", exc.message)
         return error_response(exc)
@@ -58,6 +60,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
+        record_rejection(request, InvalidRequest(message, param=param))
         body = ErrorResponse(error=ErrorDetail(message=message, type="invalid_request_error", param=param))
         return JSONResponse(body.model_dump(), status_code=400)
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
+from llmserve.engines.llamacpp.embed import LlamaEmbedder, model_pooling
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.scheduler import Output, Scheduler
 from llmserve.engines.llamacpp.scheduler import Sequence as SchedSeq
-from llmserve.errors import EngineError, LLMServeError, ModelLoading
+from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading
 from llmserve.settings import ModelSettings
 from llmserve.types import Capabilities, Delta, EngineStats, GenerationRequest, Message
 
@@ -33,6 +34,9 @@ class LlamaCppEngine(Engine):
         self.scheduler: Scheduler | None = None
         self.template: ChatTemplate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.embedder: LlamaEmbedder | None = None
+        # options.embedding: serve this GGUF for /v1/embeddings only (no decode context, no template)
+        self.embedding_only = bool(settings.options.get("embedding", False))
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -41,6 +45,9 @@ class LlamaCppEngine(Engine):
         logger.info("loading %s with llama.cpp", path)
         # loading blocks for seconds: keep the event loop (and /health) responsive meanwhile
         await asyncio.to_thread(self._load, path)
+        if self.embedding_only:
+            logger.info("embedding model %s ready in %.1f s", self.settings.served_name(), time.monotonic() - t0)
+            return
         logger.info(
             "model %s ready in %.1f s (%d slots x %d tokens, %d threads)",
             self.settings.served_name(), time.monotonic() - t0, self.settings.parallel,
@@ -50,6 +57,16 @@ class LlamaCppEngine(Engine):
     def _load(self, path: str) -> None:
         s = self.settings
         model = LlamaModel(path)
+        opts = s.options
+        if model_pooling(model) is not None and model.chat_template() is None:
+            self.embedding_only = True  # an embedding GGUF (it declares a pooling type)
+        # the embeddings context is created on first use; a chat model's gets a modest window
+        n_embed_ctx = int(opts.get("embedding_ctx", s.ctx_size or (8192 if self.embedding_only else 2048)))
+        self.embedder = LlamaEmbedder(model, n_ctx=n_embed_ctx, n_threads=s.resolved_threads(),
+                                      pooling=opts.get("pooling"))
+        if self.embedding_only:
+            self.model = model
+            return
         n_ctx = s.ctx_size or model.n_ctx_train
         ctx = LlamaContext(model, n_ctx=n_ctx, n_seq=s.parallel, n_batch=s.batch_size, n_threads=s.resolved_threads())
         source = Path(s.chat_template).read_text() if s.chat_template else model.chat_template()
@@ -62,6 +79,9 @@ class LlamaCppEngine(Engine):
         self.scheduler.start()
 
     async def stop(self) -> None:
+        if self.embedder is not None:
+            await self.embedder.aclose()
+            self.embedder = None
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.stop)
             self.scheduler = None
@@ -81,6 +101,7 @@ class LlamaCppEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         scheduler = self._require()
+        self._check_tokens(request.prompt_tokens, "prompt")
         queue: asyncio.Queue[Output] = asyncio.Queue()
         seq = scheduler.submit(request, queue)
         finished = False
@@ -105,6 +126,8 @@ class LlamaCppEngine(Engine):
             self.scheduler.cancel(request_id)
 
     def _require(self) -> Scheduler:
+        if self.embedding_only:
+            raise InvalidRequest(f"model {self.settings.served_name()!r} serves embeddings only", param="model")
         if self.scheduler is None:
             raise ModelLoading("the model is not loaded yet", retry_after=5)
         return self.scheduler
@@ -118,21 +141,32 @@ class LlamaCppEngine(Engine):
     def detokenize(self, token_ids: Sequence[int]) -> str:
         if self.model is None:
             raise ModelLoading("the model is not loaded yet", retry_after=5)
-        return self.model.detokenize(token_ids)
+        self._check_tokens(token_ids, "tokens")
+        return self.model.detokenize(token_ids, special=True)  # the inverse of tokenize
+
+    def _check_tokens(self, token_ids: Sequence[int], param: str) -> None:
+        bad = [t for t in token_ids if not 0 <= t < self.model.n_vocab]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is not in the vocabulary", param=param)
 
     def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        if self.embedding_only:
+            self._require()
         if self.template is None:
             raise ModelLoading("the model is not loaded yet", retry_after=5)
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
     @property
     def capabilities(self) -> Capabilities:
+        if self.embedding_only:
+            return Capabilities(sampling=frozenset(), max_context=self.embedder.n_ctx if self.embedder else 0,
+                                chat_template=False)
         return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0)
 
     def stats(self) -> EngineStats:
         s = self.scheduler
         if s is None:
-            return EngineStats(loaded=False)
+            return EngineStats(loaded=self.embedding_only and self.model is not None)
         return EngineStats(loaded=True, running=s.n_running, waiting=s.n_waiting)
 
 

@@ -176,6 +176,7 @@ class Scheduler:
             del slot.tokens[keep:]
             seq.slot, slot.seq = slot, seq
             seq.n_prefilled = seq.n_cached = keep
+            seq.request.timing.started_at = time.monotonic()
             seq.sampler = build_sampler(seq.request.sampling, n_vocab=self.model.n_vocab, penalty_window=self.ctx.n_ctx_seq)
             with self._cv:
                 self.n_waiting -= 1

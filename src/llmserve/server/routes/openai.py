@@ -13,8 +13,9 @@ from fastapi.responses import StreamingResponse
 from llmserve.errors import LLMServeError
 from llmserve.server.auth import require_api_key
 from llmserve.server.convert import chat_sampling, to_message, usage_info
-from llmserve.server.deps import get_registry
+from llmserve.server.deps import get_model, get_registry
 from llmserve.server.errors import error_payload
+from llmserve.server.metrics import observe
 from llmserve.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -47,12 +48,12 @@ async def list_models(request: Request) -> ModelList:
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
-    model = get_registry(request).get(body.model)
+    model = get_model(request, body.model)
     sampling = chat_sampling(body)
     prompt = model.render([to_message(m) for m in body.messages])
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     gen = model.build_request(prompt, sampling, request_id=completion_id)
-    deltas = model.agenerate(gen)
+    deltas = observe(request, model, gen)  # model.agenerate(gen), measured for /metrics
     logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
     if body.stream:
         # admission, validation and the first token happen before the 200 is committed

@@ -1,0 +1,86 @@
+"""One streamed chat completion against an OpenAI-compatible server, with its timings."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class RequestResult:
+    ok: bool
+    latency: float  # seconds from sending to the end of the stream
+    ttft: float | None = None  # seconds to the first content
+    itl: list[float] = field(default_factory=list)  # gaps between content chunks
+    output_tokens: int = 0  # from the usage chunk, else one per content chunk
+    error: str | None = None
+
+
+def base_url(url: str) -> str:
+    """``http://host:port``, whether or not the user wrote ``/v1`` after it."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+async def first_model(client: httpx.AsyncClient, url: str) -> str:
+    r = await client.get(base_url(url) + "/v1/models")
+    r.raise_for_status()
+    return r.json()["data"][0]["id"]
+
+
+async def stream_chat(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    temperature: float = 0.0,
+    extra_body: dict[str, Any] | None = None,
+) -> RequestResult:
+    """Sends one streaming chat request and times it; never raises for HTTP or network errors."""
+    body = {
+        "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+        "stream": True, "stream_options": {"include_usage": True}, **(extra_body or {}),
+    }
+    start = time.perf_counter()
+    ttft: float | None = None
+    last = start
+    gaps: list[float] = []
+    chunks = 0
+    usage_tokens: int | None = None
+    try:
+        async with client.stream("POST", base_url(url) + "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                text = (await r.aread()).decode("utf-8", "replace")
+                return RequestResult(False, time.perf_counter() - start, error=f"HTTP {r.status_code}: {text[:200]}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                if "error" in event:
+                    return RequestResult(False, time.perf_counter() - start, ttft, gaps, chunks,
+                                         error=str(event["error"].get("message", event["error"]))[:200])
+                if event.get("usage"):
+                    usage_tokens = event["usage"].get("completion_tokens")
+                for choice in event.get("choices") or ():
+                    if (choice.get("delta") or {}).get("content"):
+                        now = time.perf_counter()
+                        if ttft is None:
+                            ttft = now - start
+                        else:
+                            gaps.append(now - last)
+                        last = now
+                        chunks += 1
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        return RequestResult(False, time.perf_counter() - start, ttft, gaps, chunks,
+                             error=f"{type(exc).__name__}: {exc}"[:200])
+    tokens = usage_tokens if usage_tokens is not None else chunks
+    return RequestResult(True, time.perf_counter() - start, ttft, gaps, tokens)

@@ -1,0 +1,96 @@
+"""Bench results for people (a table, a plot) and for machines (JSON), and the progress bar."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llmserve.bench.runner import LevelResult, Target
+
+
+def _num(value: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def table(results: Sequence[LevelResult]) -> Table:
+    t = Table(title="llmserve bench: streaming chat completions")
+    for name in ("server", "concurrency", "requests", "errors", "output tok/s", "req/s",
+                 "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "e2e p50 s"):
+        t.add_column(name, justify="left" if name == "server" else "right")
+    for r in results:
+        t.add_row(r.label, str(r.concurrency), str(r.requests), str(r.errors), _num(r.output_tok_s),
+                  _num(r.requests_per_s, "{:.2f}"), _num(r.ttft_p50_ms), _num(r.ttft_p99_ms), _num(r.itl_p50_ms),
+                  _num(r.e2e_p50_s, "{:.2f}"))
+    return t
+
+
+def print_table(results: Sequence[LevelResult], file: IO[str] | None = None) -> None:
+    console = Console(file=file)
+    if not console.is_terminal:  # piped or captured: wide enough that no column is cut
+        console = Console(file=file, width=160)
+    console.print(table(results))
+    for r in results:
+        for sample in r.error_samples:
+            console.print(f"[red]{r.label} c={r.concurrency}: {sample}[/red]")
+
+
+def to_json(results: Sequence[LevelResult]) -> str:
+    return json.dumps([asdict(r) for r in results], indent=2)
+
+
+def plot(results: Sequence[LevelResult], path: str | Path) -> Path:
+    """Output throughput and TTFT p50 against concurrency, one line per server, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(r.label for r in results))
+    fig, (tput, ttft) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for label in labels:
+        rows = sorted((r for r in results if r.label == label), key=lambda r: r.concurrency)
+        xs = [r.concurrency for r in rows]
+        tput.plot(xs, [r.output_tok_s for r in rows], marker="o", label=label)
+        ttft.plot(xs, [r.ttft_p50_ms if r.ttft_p50_ms is not None else float("nan") for r in rows],
+                  marker="o", label=label)
+    concurrencies = sorted({r.concurrency for r in results})
+    for ax, title, ylabel in ((tput, "Output throughput", "tokens / s"), (ttft, "Time to first token (p50)", "ms")):
+        ax.set_title(title)
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel(ylabel)
+        if len(concurrencies) > 1 and concurrencies[-1] / max(concurrencies[0], 1) >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[tuple]:
+    """``(on_level_start, on_done)`` callbacks for ``run_sweep`` drawing a bar per level on stderr."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), disable=not enabled, transient=False)
+    current: list[int] = []
+
+    def on_level_start(target: Target, concurrency: int, total: int) -> None:
+        current[:] = [progress.add_task(f"{target.label} c={concurrency}", total=total)]
+
+    def on_done(_result) -> None:
+        if current:
+            progress.advance(current[0])
+
+    with progress:
+        yield on_level_start, on_done
