@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev clean
+.PHONY: run test install install-dev clean ensure-redis
 
 $(VENV)/.run-installed: requirements/run.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ install-dev: $(VENV)/.dev-installed
 run: install
 	$(VENV)/bin/llmserve serve --host $(HOST) --port $(PORT)
 
-test: install-dev
+# redis-server (a Debian package) for the tests of rate limits shared by worker processes
+ensure-redis:
+	bash scripts/ensure-redis.sh
+
+test: install-dev ensure-redis
 	$(PY) -m pytest -q
 
 clean:

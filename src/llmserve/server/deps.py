@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.requests import HTTPConnection
 
 from llmserve.server.registry import ModelRegistry
 from llmserve.settings import Settings
+
+if TYPE_CHECKING:
+    from llmserve.server.keystore import KeyStore
+    from llmserve.server.ratelimit import RateLimiter
 
 
 def get_registry(conn: HTTPConnection) -> ModelRegistry:
@@ -14,3 +20,12 @@ def get_registry(conn: HTTPConnection) -> ModelRegistry:
 
 def get_settings(conn: HTTPConnection) -> Settings:
     return conn.app.state.settings
+
+
+# -- API keys and rate limits ---------------------------------------------------------------------
+def get_keystore(conn: HTTPConnection) -> KeyStore | None:
+    return conn.app.state.keystore
+
+
+def get_rate_limiter(conn: HTTPConnection) -> RateLimiter:
+    return conn.app.state.rate_limiter

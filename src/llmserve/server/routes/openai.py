@@ -26,6 +26,7 @@ from llmserve.server.protocol import (
     ModelCard,
     ModelList,
 )
+from llmserve.server.ratelimit import meter, rate_limit  # rate limits
 from llmserve.server.sse import DONE, ClientGone, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
@@ -45,14 +46,14 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)])
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
     model = get_registry(request).get(body.model)
     sampling = chat_sampling(body)
     prompt = model.render([to_message(m) for m in body.messages])
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     gen = model.build_request(prompt, sampling, request_id=completion_id)
-    deltas = model.agenerate(gen)
+    deltas = meter(request, len(gen.prompt_tokens), model.agenerate(gen))  # charges tokens to the key's limit
     logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
     if body.stream:
         # admission, validation and the first token happen before the 200 is committed
