@@ -120,7 +120,8 @@ def test_chat_stream_client_gone_aborts_generation():
     with ThreadServer(create_app(Settings(), models=[model]), free_port()) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             with http.stream("POST", "/chat_stream", json={"text": "go"}) as r:
-                next(r.iter_lines())
+                lines = r.iter_lines()  # keep the iterator: dropping it closes the response
+                assert next(lines).startswith("data: ")
                 assert model.engine.stats().running == 1
         wait_until(lambda: model.engine.stats().running == 0, 2.0)  # 400 tokens would take 4 s
 
