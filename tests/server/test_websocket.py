@@ -216,3 +216,34 @@ def test_chat_ws_rate_limited_request_is_an_error_message():
             err = ws.receive_json()
             assert err["id"] == 2 and err["status"] == 429 and err["error"]["code"] == "rate_limit_exceeded"
             assert err["retry_after"] >= 1
+
+
+def test_chat_ws_over_a_real_socket():
+    """uvicorn + the websockets client: 401 at the handshake, streaming, abort when the socket closes."""
+    import json
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from llmserve.server.app import create_app
+    from tests.conftest import ThreadServer, free_port
+
+    model = fake_model(token_delay=0.01)
+    with ThreadServer(create_app(Settings(api_keys=["k"]), models=[model]), free_port()) as server:
+        url = server.url.replace("http://", "ws://") + "/v1/chat/ws"
+        with pytest.raises(InvalidStatus) as denied:
+            connect(url, additional_headers={"Authorization": "Bearer nope"})
+        assert denied.value.response.status_code == 401
+        assert json.loads(bytes(denied.value.response.body))["error"]["type"] == "authentication_error"
+
+        with connect(url, additional_headers={"Authorization": "Bearer k"}) as ws:
+            ws.send(json.dumps({"type": "request", "id": "q", "messages": user("hello real socket"),
+                                "temperature": 0}))
+            parts = []
+            while (msg := json.loads(ws.recv()))["type"] == "chunk":
+                parts.append(msg["chunk"]["choices"][0]["delta"].get("content") or "")
+            assert msg["type"] == "done" and "".join(parts) == "hello real socket"
+            ws.send(json.dumps({"type": "request", "id": "long", "messages": user(LONG), "temperature": 0}))
+            assert json.loads(ws.recv())["id"] == "long"
+            assert model.engine.stats().running == 1
+        wait_until(lambda: model.engine.stats().running == 0, 1.0)

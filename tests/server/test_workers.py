@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from llmserve.settings import Settings
+from tests.conftest import app_client, fake_model, free_port
+from tests.server.test_chat_api import assert_error
 
 pytestmark = pytest.mark.live
 
@@ -44,7 +46,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_server() -> Iterator[tuple[str, subprocess.Popen]]:
     """A throwaway redis-server on a free loopback port (installed by scripts/ensure-redis.sh)."""
     exe = shutil.which("redis-server")
     if exe is None:
@@ -58,9 +60,14 @@ def redis_url() -> Iterator[str]:
         client = redis.Redis(host="127.0.0.1", port=port)
         wait_for(client.ping, 10, "redis-server", proc)
         client.close()
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc
     finally:
         stop(proc)
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    return redis_server[0]
 
 
 @pytest.fixture
@@ -107,3 +114,19 @@ def test_limit_holds_across_two_workers(workers_server):
     assert len(served_by) == 2, log.read_text()[-3000:]
 
     assert call("k2").status_code == 200  # other keys are not affected
+
+
+def test_redis_storage_in_process_and_redis_going_away_is_503(redis_server):
+    url, proc = redis_server
+    settings = Settings(api_keys=["k"], rate_limit_rpm=2, rate_limit_tpm=10_000, redis_url=url)
+    with app_client(fake_model(), settings=settings) as client:
+        headers = {"authorization": "Bearer k"}
+        first = client.post("/chat", json={"text": "x"}, headers=headers)
+        assert first.status_code == 200 and first.headers["x-ratelimit-remaining-requests"] == "1"
+        second = client.post("/chat", json={"text": "x"}, headers=headers)
+        assert second.headers["x-ratelimit-remaining-tokens"] == str(10_000 - first.json()["usage"]["total_tokens"])
+        assert_error(client.post("/chat", json={"text": "x"}, headers=headers), 429)
+        stop(proc)
+        r = client.post("/chat", json={"text": "x"}, headers=headers)
+        assert_error(r, 503, code="rate_limiter_unavailable")  # fails closed, never unlimited
+        assert client.get("/health").status_code == 200
