@@ -84,6 +84,8 @@ def workers_server(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]
         )
     url = f"http://127.0.0.1:{port}"
     try:
+        # /health answers as soon as one worker is up: wait until both say so
+        wait_for(lambda: log.read_text().count("Application startup complete") == 2, 60, "two workers", proc)
         wait_for(lambda: httpx.get(url + "/health").status_code == 200, 60, "llmserve --workers 2", proc)
         yield url, log
     finally:
