@@ -50,7 +50,7 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
         return f"Unrecognized request argument supplied: {param}", param
     if first.get("type") == "missing":
         return f"missing required parameter: {param}", param
-    msg = first.get("msg", "invalid value")
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     return (f"{param}: {msg}" if param else msg), param
 
 
