@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev clean chromium
+.PHONY: run test install install-dev clean chromium ensure-redis
 
 $(VENV)/.run-installed: requirements/run.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ install-dev: $(VENV)/.dev-installed
 run: install
 	$(VENV)/bin/llmserve serve --host $(HOST) --port $(PORT)
 
-test: install-dev chromium
+# redis-server (a Debian package) for the tests of rate limits shared by worker processes
+ensure-redis:
+	bash scripts/ensure-redis.sh
+
+test: install-dev chromium ensure-redis
 	$(PY) -m pytest -q
 
 # headless Chromium + chromedriver (Debian packages) for the web page tests; idempotent

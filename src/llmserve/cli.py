@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llmserve import __version__
+from llmserve.cli_keys import add_keys_parser, run_keys
 from llmserve.settings import ModelSettings, Settings
 
 CLI_EXCLUDED = {"models"}
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="Benchmark OpenAI-compatible servers: throughput and latency per concurrency.")
     add_bench_arguments(bench)
+    add_keys_parser(sub, add_settings_flags)  # llmserve keys create | list | revoke
     return parser
 
 
@@ -91,8 +94,16 @@ def main(argv: list[str] | None = None) -> int:
             from llmserve.bench.cli import run as run_bench
 
             return run_bench(args)
+        if args.command == "keys":
+            return run_keys(args, load_settings(args))
         return _models(args)
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()))
+            message = error.get("msg", "invalid value").removeprefix("Value error, ")
+            print(f"llmserve: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
         print(f"llmserve: {exc}", file=sys.stderr)
         return 2
 
@@ -104,12 +115,29 @@ def _serve(settings: Settings) -> int:
     from llmserve.server import multiproc
 
     configure_logging(settings.log_level)
+    check_worker_limits(settings)
     multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
-    from llmserve.server.app import create_app
-
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+    # worker processes: uvicorn imports the app factory in each worker, which rebuilds these
+    # settings from LLMSERVE_* variables (stale ones cleared first)
+    for name in [k for k in os.environ if k.startswith("LLMSERVE_")]:
+        del os.environ[name]
+    os.environ.update(settings.to_env())
+    uvicorn.run("llmserve.server.app:create_app_from_env", factory=True, workers=settings.workers,
+                host=settings.host, port=settings.port, log_config=None,
                 log_level=settings.log_level, timeout_graceful_shutdown=5)
     return 0
+
+
+def check_worker_limits(settings: Settings) -> None:
+    """Per-key limits in the key store need shared counters too (default limits are checked by Settings)."""
+    if settings.workers > 1 and not settings.redis_url and settings.key_db:
+        from llmserve.server.keystore import KeyStore
+
+        if KeyStore(settings.key_db).any_limits():
+            raise ValueError(
+                f"--workers {settings.workers}: keys in {settings.key_db} have rate limits, which need "
+                "--redis-url so that all workers share the counters (or use --workers 1)."
+            )
 
 
 def _chat(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,7 +20,7 @@ def configure_logging(level: str = "info") -> None:
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": RequestIdFilter}},
-        "formatters": {"default": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}},
+        "formatters": {"default": {"format": "%(asctime)s %(levelname)s %(name)s [pid %(process)d] [%(request_id)s] %(message)s"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default", "filters": ["request_id"]}},
         "loggers": {
             "llmserve": {"level": level.upper()},

@@ -6,6 +6,7 @@ optional YAML/TOML config file (``--config``), the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,13 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
     api_keys: list[str] = Field(default_factory=list, description="API keys clients must send as 'Authorization: Bearer KEY' (repeat --api-key; env: JSON list). Empty: no auth.")
     web_ui: bool = Field(True, description="Serve the browser chat page at '/' (it calls the public API, so API keys still apply).")
+    # -- API keys, rate limits, worker processes (server/keystore.py, server/ratelimit.py) --------
+    key_db: str | None = Field(None, description="SQLite file of hashed API keys managed with 'llmserve keys'; when set, every API route needs a key from it or from --api-key.")
+    rate_limit_rpm: int | None = Field(None, ge=1, description="Default requests per minute per API key (per client address without auth); unset: unlimited. Keys may override it.")
+    rate_limit_tpm: int | None = Field(None, ge=1, description="Default tokens (prompt + completion) per minute per API key; unset: unlimited. Keys may override it.")
+    redis_url: str | None = Field(None, description="Redis URL (redis://host:port/db) for rate-limit counters shared by all workers; unset: in-process counters.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, each loading its own engine; rate limits across workers need --redis-url.")
+    # -- end API keys, rate limits, worker processes ----------------------------------------------
 
     model: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
     served_model_name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")
@@ -91,6 +99,34 @@ class Settings(BaseSettings):
         if len(names) != len(set(names)):
             raise ValueError(f"served model names must be unique, got {names}")
         return self
+
+    @model_validator(mode="after")
+    def _limits_across_workers(self) -> Settings:
+        if self.workers > 1 and self.rate_limits_on and not self.redis_url:
+            raise ValueError(
+                f"--workers {self.workers} with rate limits needs --redis-url: each worker would count "
+                "requests on its own, so a key would get workers x its limit. Start a Redis server and "
+                "pass --redis-url redis://127.0.0.1:6379/0, or use --workers 1."
+            )
+        return self
+
+    @property
+    def rate_limits_on(self) -> bool:
+        """Default limits are set (per-key limits from the key store are checked at start-up)."""
+        return self.rate_limit_rpm is not None or self.rate_limit_tpm is not None
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.api_keys) or self.key_db is not None
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``LLMSERVE_*`` variables, for worker processes that rebuild them
+        (unset fields are left out: the caller clears stale ``LLMSERVE_*`` variables first)."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                env[f"LLMSERVE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        return env
 
     def model_list(self) -> list[ModelSettings]:
         if self.models:

@@ -16,6 +16,11 @@ from llmserve.server.registry import ModelRegistry
 from llmserve.server.routes import completions, embeddings, health, metrics, openai, tokenize, web
 from llmserve.settings import Settings
 
+# -- API keys, rate limits, simple and WebSocket routes
+from llmserve.server.keystore import KeyStore
+from llmserve.server.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from llmserve.server.routes import simple, ws
+
 
 def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel] | None = None) -> FastAPI:
     """``models`` overrides the ones ``settings`` describes (tests pass fake-engine models)."""
@@ -28,16 +33,20 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
         app.state.registry = registry
         for name in registry.models:
             app.state.metrics.add_model(name)
+        await app.state.rate_limiter.start()
         await registry.start()
         try:
             yield
         finally:
             await registry.aclose()
+            await app.state.rate_limiter.aclose()
             app.state.metrics.close()
 
     app = FastAPI(title="llmserve", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = Metrics()  # a registry per app: several apps can live in one process
+    app.state.keystore = KeyStore(settings.key_db) if settings.key_db else None
+    app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai.router)
@@ -45,8 +54,21 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
+    app.include_router(simple.router)
+    app.include_router(ws.router)
     if settings.web_ui:
         app.include_router(web.router)
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app from ``LLMSERVE_*`` variables: the factory each uvicorn worker process calls
+    (``llmserve serve`` passes its settings down through the environment)."""
+    from llmserve.log import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)  # worker processes start with logging unconfigured
+    return create_app(settings)

@@ -1,13 +1,32 @@
-"""API keys: ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` on every API route."""
+"""API keys: ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` on every API route.
+
+Keys come from ``--api-key`` (settings) and from the key store (``--key-db``). WebSockets may
+also pass the key as ``?api_key=KEY`` (browsers cannot set headers on a WebSocket). Who the
+caller is (``Identity``) is also what rate limits count against.
+"""
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
+import anyio.to_thread
 from starlette.requests import HTTPConnection
 
 from llmserve.errors import Unauthorized
-from llmserve.server.deps import get_settings
+from llmserve.server.deps import get_keystore, get_settings
+from llmserve.server.keystore import hash_key
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller. ``subject`` keys its rate-limit counters (never the key in clear);
+    ``rpm``/``tpm``: None uses the server default, 0 means unlimited."""
+
+    subject: str
+    name: str
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 def presented_key(conn: HTTPConnection) -> str | None:
@@ -15,21 +34,38 @@ def presented_key(conn: HTTPConnection) -> str | None:
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return conn.headers.get("x-api-key") or None
+    key = conn.headers.get("x-api-key")
+    if not key and conn.scope["type"] == "websocket":
+        key = conn.query_params.get("api_key")
+    return key or None
 
 
-async def require_api_key(conn: HTTPConnection) -> str | None:
-    """FastAPI dependency: passes when no keys are configured, else needs a configured key."""
-    keys = get_settings(conn).api_keys
-    if not keys:
-        return None
+async def authenticate(conn: HTTPConnection) -> Identity:
+    """Who is calling; raises ``Unauthorized`` when keys are required and this one is not valid."""
+    settings = get_settings(conn)
+    if not settings.auth_required:
+        host = conn.client.host if conn.client else "unknown"
+        return Identity(subject=f"addr:{host}", name="anonymous")
     key = presented_key(conn)
     if key is None:
         raise Unauthorized("Missing API key: send 'Authorization: Bearer KEY'.")
-    # compare against every key in constant time, so timing tells nothing about which one matched
+    presented = hash_key(key)
+    # compare against every configured key in constant time, so timing tells nothing about which one matched
     matched = False
-    for candidate in keys:
-        matched |= hmac.compare_digest(key.encode(), candidate.encode())
-    if not matched:
-        raise Unauthorized("Incorrect API key provided.")
-    return key
+    for candidate in settings.api_keys:
+        matched |= hmac.compare_digest(presented, hash_key(candidate))
+    if matched:
+        return Identity(subject=f"cli:{presented[:16]}", name="--api-key")
+    store = get_keystore(conn)
+    if store is not None:
+        record = await anyio.to_thread.run_sync(store.lookup, key)
+        if record is not None:
+            return Identity(subject=f"key:{record.id}", name=record.name, rpm=record.rpm, tpm=record.tpm)
+    raise Unauthorized("Incorrect API key provided.")
+
+
+async def require_api_key(conn: HTTPConnection) -> Identity:
+    """FastAPI dependency: the caller's identity (also kept on ``conn.state.identity``)."""
+    identity = await authenticate(conn)
+    conn.state.identity = identity
+    return identity

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.requests import HTTPConnection
 
 from llmserve.chat_model import AsyncChatModel
 from llmserve.server.registry import ModelRegistry
 from llmserve.settings import Settings
+
+if TYPE_CHECKING:
+    from llmserve.server.keystore import KeyStore
+    from llmserve.server.ratelimit import RateLimiter
 
 
 def get_registry(conn: HTTPConnection) -> ModelRegistry:
@@ -26,3 +32,12 @@ def get_model(conn: HTTPConnection, name: str | None) -> AsyncChatModel:
     model = registry.get(name)
     conn.state.model_name = model.name
     return model
+
+
+# -- API keys and rate limits ---------------------------------------------------------------------
+def get_keystore(conn: HTTPConnection) -> KeyStore | None:
+    return conn.app.state.keystore
+
+
+def get_rate_limiter(conn: HTTPConnection) -> RateLimiter:
+    return conn.app.state.rate_limiter

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +35,11 @@ def error_response(exc: LLMServeError) -> JSONResponse:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+    return validation_message(exc.errors())
+
+
+def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """Message and param for pydantic errors (FastAPI's or a model's own ``ValidationError``)."""
     if not errors:
         return "invalid request", None
     first = errors[0]
@@ -45,7 +51,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return f"Unrecognized request argument supplied: {param}", param
     if first.get("type") == "missing":
         return f"missing required parameter: {param}", param
-    msg = first.get("msg", "invalid value")
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     return (f"{param}: {msg}" if param else msg), param
 
 

@@ -27,6 +27,7 @@ from llmserve.server.protocol import (
     ModelCard,
     ModelList,
 )
+from llmserve.server.ratelimit import meter, rate_limit  # rate limits
 from llmserve.server.sse import DONE, ClientGone, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
@@ -46,14 +47,15 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)])
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
     model = get_model(request, body.model)
     sampling = chat_sampling(body)
     prompt = model.render([to_message(m) for m in body.messages])
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     gen = model.build_request(prompt, sampling, request_id=completion_id)
-    deltas = observe(request, model, gen)  # model.agenerate(gen), measured for /metrics
+    # measured for /metrics, and tokens charged to the key's rate limit
+    deltas = meter(request, len(gen.prompt_tokens), observe(request, model, gen))
     logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
     if body.stream:
         # admission, validation and the first token happen before the 200 is committed
