@@ -4,7 +4,7 @@ vLLM schedules and batches itself (``parallel`` becomes ``max_num_seqs``); this 
 llmserve's admission (``max_queue``, ``queue_timeout``, counted until a request's first output)
 and translates vLLM errors into llmserve's. The engine core runs in a child process started by
 ``start``, never at import. Options: ``dtype`` (default ``bfloat16``), ``enforce_eager``
-(default true), ``kv_cache_bytes``, ``cache_dir`` (where a GGUF is converted, default
+(default true), ``kv_cache_bytes`` (default 1 GiB), ``cache_dir`` (where a GGUF is converted, default
 ``~/.cache/llmserve``), ``seed``.
 """
 
@@ -36,6 +36,7 @@ SAMPLING = frozenset({
     "temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
     "presence_penalty", "frequency_penalty", "repetition_penalty",
 })
+DEFAULT_KV_BYTES = 1 << 30
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
@@ -77,7 +78,8 @@ class VLLMEngine(Engine):
             max_num_seqs=s.parallel,
             max_num_batched_tokens=max(s.batch_size, s.ctx_size) if s.ctx_size else None,
             enforce_eager=bool(opts.get("enforce_eager", True)),
-            kv_cache_memory_bytes=opts.get("kv_cache_bytes"),
+            # a fixed KV budget: vLLM's CPU default reserves 92% of RAM and refuses to start on a busy box
+            kv_cache_memory_bytes=int(opts.get("kv_cache_bytes", DEFAULT_KV_BYTES)),
             seed=opts.get("seed", 0),
             disable_log_stats=True,
         )
