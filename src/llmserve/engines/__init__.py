@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 ENGINES: dict[str, str] = {
     "llamacpp": "llmserve.engines.llamacpp.engine:LlamaCppEngine",
+    "hf": "llmserve.engines.hf:HFEngine",
+    "vllm": "llmserve.engines.vllm:VLLMEngine",
     "fake": "llmserve.engines.fake:FakeEngine",
 }
 

@@ -1,0 +1,123 @@
+"""The transformers engine: loads the model, owns the batching thread, bridges it to asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from llmserve.chat_template import ChatTemplate
+from llmserve.engines.base import Engine
+from llmserve.engines.hf.model import LoadedModel, load
+from llmserve.engines.hf.scheduler import Output, Scheduler
+from llmserve.engines.hf.scheduler import Sequence as SchedSeq
+from llmserve.errors import LLMServeError, ModelLoading
+from llmserve.settings import ModelSettings
+from llmserve.types import Capabilities, Delta, EngineStats, GenerationRequest, Message
+
+logger = logging.getLogger(__name__)
+
+SAMPLING = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "repetition_penalty",
+})
+
+
+class HFEngine(Engine):
+    """Options: ``dtype`` (``bfloat16`` default, ``float32``, ``float16``)."""
+
+    def __init__(self, settings: ModelSettings):
+        self.settings = settings
+        self.loaded: LoadedModel | None = None
+        self.scheduler: Scheduler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        logger.info("loading %s with transformers", self.settings.resolved_path())
+        await asyncio.to_thread(self._load)
+        logger.info("model %s ready in %.1f s (%s, %d slots, %d threads)", self.settings.served_name(),
+                    time.monotonic() - t0, self.loaded.dtype, self.settings.parallel, self.settings.resolved_threads())
+
+    def _load(self) -> None:
+        s = self.settings
+        loaded = load(s)
+        self.scheduler = Scheduler(loaded, n_slots=s.parallel, max_queue=s.max_queue, queue_timeout=s.queue_timeout,
+                                   prefill_tokens=s.batch_size, threads=s.resolved_threads(), emit=self._emit)
+        self.loaded = loaded
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.stop)
+            self.scheduler = None
+        self.loaded = None
+
+    # -- bridging the worker thread to asyncio -----------------------------------------------
+    def _emit(self, outputs: list[tuple[SchedSeq, Output]]) -> None:
+        """Called on the worker thread once per step: one hop to the loop for all outputs."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_dispatch, outputs)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        scheduler = self._require_scheduler()
+        queue: asyncio.Queue[Output] = asyncio.Queue()
+        seq = scheduler.submit(request, queue)
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, LLMServeError):
+                    finished = True
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                seq.cancelled = True
+                scheduler.cancel(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if self.scheduler is not None:
+            self.scheduler.cancel(request_id)
+
+    def _require_scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        return self.scheduler
+
+    def _require(self) -> LoadedModel:
+        if self.loaded is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        return self.loaded
+
+    # -- model facts ------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        return list(self._require().tokenizer.encode(text, add_special_tokens=add_special))
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self._require().tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        template: ChatTemplate = self._require().template
+        return template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(sampling=SAMPLING, max_context=self.loaded.max_context if self.loaded else 0)
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        if s is None:
+            return EngineStats(loaded=False)
+        return EngineStats(loaded=True, running=s.n_running, waiting=s.n_waiting)
+
+
+def _dispatch(outputs: list[tuple[SchedSeq, Output]]) -> None:
+    for seq, item in outputs:
+        seq.sink.put_nowait(item)

@@ -1,0 +1,262 @@
+"""Continuous batching over a transformers model: one worker thread, one forward per step.
+
+Each step: drop cancelled and expired requests (their cache rows go with them), prefill the
+newcomers that fit into free slots as one left-padded batch and merge their KV cache rows into
+the running batch, then decode one token for every running sequence with a single forward over
+the whole batch. Sampling is per sequence. Models whose cache layers are not plain full
+attention (sliding windows) cannot merge rows: newcomers then wait until the batch drains.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from llmserve.engines.hf.detok import IncrementalDetokenizer
+from llmserve.engines.hf.kvbatch import KVBatch, mergeable, new_cache
+from llmserve.engines.hf.model import LoadedModel
+from llmserve.engines.hf.sampling import Sampler
+from llmserve.errors import EngineError, LLMServeError, Overloaded, QueueTimeout
+from llmserve.types import Delta, FinishReason, GenerationRequest, Usage
+
+logger = logging.getLogger(__name__)
+
+Output = Delta | LLMServeError
+Emit = Callable[[list[tuple["Sequence", Output]]], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside the scheduler. ``cancelled`` may be set from any thread."""
+
+    request: GenerationRequest
+    sink: object  # opaque to the scheduler: handed back with each output
+    enqueued_at: float
+    cancelled: bool = False
+    # worker-thread state
+    sampler: Sampler | None = None
+    detok: IncrementalDetokenizer | None = None
+    generated: list[int] = field(default_factory=list)
+    pending: int | None = None  # sampled and emitted, not yet in the cache
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        return self.request.prompt_tokens
+
+
+class Scheduler:
+    def __init__(self, loaded: LoadedModel, *, n_slots: int, max_queue: int, queue_timeout: float | None,
+                 prefill_tokens: int, threads: int, emit: Emit):
+        self.m = loaded
+        self.n_slots = n_slots
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.prefill_tokens = prefill_tokens
+        self.threads = threads
+        self.emit = emit
+        self.can_merge = mergeable(new_cache(loaded.model.config))
+        self._cv = threading.Condition()
+        self._incoming: list[Sequence] = []
+        self._by_id: dict[str, Sequence] = {}
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []  # row i of self._kv belongs to self._running[i]
+        self._kv: KVBatch | None = None
+        self._stopping = False
+        self.n_waiting = 0
+        self.n_running = 0
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="llmserve-hf", daemon=True)
+
+    # -- any thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest, sink: object) -> Sequence:
+        seq = Sequence(request, sink, time.monotonic())
+        with self._cv:
+            if self._stopping:
+                raise Overloaded("the engine is shutting down", retry_after=5)
+            if self.n_waiting + self.n_running >= self.n_slots + self.max_queue:
+                raise Overloaded("the request queue is full; try again shortly", retry_after=1)
+            self.n_waiting += 1
+            self._by_id[request.request_id] = seq
+            self._incoming.append(seq)
+            self._cv.notify()
+        return seq
+
+    def cancel(self, request_id: str) -> None:
+        with self._cv:
+            seq = self._by_id.get(request_id)
+            if seq is not None:
+                seq.cancelled = True
+                self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._stopping or self._incoming or self._waiting or self._running):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    self._waiting.extend(self._incoming)
+                    self._incoming.clear()
+                try:
+                    self._step()
+                except Exception:  # never let the loop die: fail what is in flight, keep serving
+                    logger.exception("engine step failed")
+                    self._fail_all(EngineError("the engine failed while generating"))
+        self._fail_all(EngineError("the engine stopped"), include_incoming=True)
+
+    def _step(self) -> None:
+        out: list[tuple[Sequence, Output]] = []
+        self._reap(out)
+        self._admit(out)
+        if self._running:
+            self._decode(out)
+        if out:
+            self.emit(out)
+
+    def _reap(self, out: list[tuple[Sequence, Output]]) -> None:
+        now = time.monotonic()
+        for seq in list(self._waiting):
+            expired = self.queue_timeout is not None and now - seq.enqueued_at > self.queue_timeout
+            if seq.cancelled or expired:
+                self._waiting.remove(seq)
+                self._forget(seq, waiting=True)
+                if expired and not seq.cancelled:
+                    out.append((seq, QueueTimeout(
+                        f"no slot became free within the queue timeout ({self.queue_timeout:g}s)", retry_after=1)))
+        if any(seq.cancelled for seq in self._running):
+            self._keep([i for i, seq in enumerate(self._running) if not seq.cancelled])
+
+    def _admit(self, out: list[tuple[Sequence, Output]]) -> None:
+        if not self._waiting or (self._running and not self.can_merge):
+            return
+        group: list[Sequence] = []
+        longest = 0
+        while self._waiting and len(self._running) + len(group) < self.n_slots:
+            nxt = self._waiting[0]
+            width = max(longest, len(nxt.prompt))
+            if group and (len(group) + 1) * width > self.prefill_tokens:
+                break  # the rest wait for the next step
+            group.append(self._waiting.popleft())
+            longest = width
+        if not group:
+            return
+        with self._cv:
+            self.n_waiting -= len(group)
+            self.n_running += len(group)
+        for seq in group:
+            seq.sampler = Sampler(seq.request.sampling, seq.prompt)
+            seq.detok = IncrementalDetokenizer(self.m.tokenizer, seq.prompt)
+        self._running.extend(group)  # first, so that a failing prefill fails them too
+        logits, kv = self._prefill(group, longest)
+        if self._kv is None:
+            self._kv = kv
+        else:
+            self._kv.extend(kv)
+        self._sample(logits, group, out)
+
+    def _prefill(self, group: list[Sequence], width: int) -> tuple[torch.Tensor, KVBatch]:
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for row, seq in enumerate(group):
+            n = len(seq.prompt)
+            ids[row, width - n:] = torch.tensor(seq.prompt, dtype=torch.long)
+            mask[row, width - n:] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache(self.m.model.config)
+        logits = self.m.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                              past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        self.steps += 1
+        return logits, KVBatch(cache, mask)
+
+    def _decode(self, out: list[tuple[Sequence, Output]]) -> None:
+        kv = self._kv
+        ids = torch.tensor([[seq.pending] for seq in self._running], dtype=torch.long)
+        positions = kv.positions()
+        kv.grow()
+        logits = self.m.model(input_ids=ids, attention_mask=kv.mask, position_ids=positions,
+                              past_key_values=kv.cache, use_cache=True).logits[:, -1]
+        self.steps += 1
+        self._sample(logits, list(self._running), out)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], out: list[tuple[Sequence, Output]]) -> None:
+        """``seqs`` are the last ``len(logits)`` rows of the batch; finished rows leave it."""
+        logits = logits.float()
+        greedy = logits.argmax(-1).tolist()
+        for row, seq in enumerate(seqs):
+            token = greedy[row] if seq.sampler.trivial else seq.sampler.sample(logits[row])
+            out.append((seq, self._advance(seq, token)))
+        if any(seq.pending is None for seq in self._running):
+            self._keep([i for i, seq in enumerate(self._running) if seq.pending is not None])
+
+    def _advance(self, seq: Sequence, token: int) -> Delta:
+        """Account one sampled token; a finished sequence gets ``pending = None``."""
+        seq.pending = None
+        if token in self.m.eos_ids:
+            return Delta(seq.detok.flush(), (token,), FinishReason.STOP, self._usage(seq, 1))
+        seq.generated.append(token)
+        seq.sampler.accept(token)
+        text = seq.detok.add(token)
+        max_new = seq.request.sampling.max_tokens
+        total = len(seq.prompt) + len(seq.generated)
+        if (max_new is not None and len(seq.generated) >= max_new) or total >= self.m.max_context:
+            return Delta(text + seq.detok.flush(), (token,), FinishReason.LENGTH, self._usage(seq))
+        seq.pending = token
+        return Delta(text, (token,))
+
+    @staticmethod
+    def _usage(seq: Sequence, extra: int = 0) -> Usage:
+        """``extra`` counts an end-of-generation token, which vLLM counts as generated too."""
+        return Usage(len(seq.prompt), len(seq.generated) + extra)
+
+    def _keep(self, rows: list[int]) -> None:
+        """Keep these rows of the running batch; every other sequence leaves it."""
+        kept = [self._running[i] for i in rows]
+        for seq in self._running:
+            if seq not in kept:
+                self._forget(seq, waiting=False)
+        self._running = kept
+        if not kept:
+            self._kv = None
+        else:
+            self._kv.keep(rows)
+
+    def _forget(self, seq: Sequence, *, waiting: bool) -> None:
+        with self._cv:
+            self._by_id.pop(seq.request.request_id, None)
+            if waiting:
+                self.n_waiting -= 1
+            else:
+                self.n_running -= 1
+
+    def _fail_all(self, error: LLMServeError, *, include_incoming: bool = False) -> None:
+        out: list[tuple[Sequence, Output]] = [(seq, error) for seq in self._running]
+        self._keep([])
+        if include_incoming:
+            with self._cv:
+                self._waiting.extend(self._incoming)
+                self._incoming.clear()
+            while self._waiting:
+                seq = self._waiting.popleft()
+                self._forget(seq, waiting=True)
+                out.append((seq, error))
+        if out:
+            self.emit(out)

@@ -1,0 +1,187 @@
+"""vLLM adapter over the v1 ``AsyncLLM``: DELTA streaming, usage, abort on disconnect.
+
+vLLM schedules and batches itself (``parallel`` becomes ``max_num_seqs``); this adapter adds
+llmserve's admission (``max_queue``, ``queue_timeout``, counted until a request's first output)
+and translates vLLM errors into llmserve's. The engine core runs in a child process started by
+``start``, never at import. Options: ``dtype`` (default ``bfloat16``), ``enforce_eager``
+(default true), ``kv_cache_bytes`` (default 1 GiB), ``cache_dir`` (where a GGUF is converted, default
+``~/.cache/llmserve``), ``seed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from vllm import SamplingParams as VSamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+from llmserve.chat_template import ChatTemplate
+from llmserve.engines.base import Engine
+from llmserve.engines.vllm.convert import hf_dir_for
+from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
+from llmserve.settings import ModelSettings
+from llmserve.types import Capabilities, Delta, EngineStats, FinishReason, GenerationRequest, Message, SamplingParams, Usage
+
+logger = logging.getLogger(__name__)
+
+SAMPLING = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "repetition_penalty",
+})
+DEFAULT_KV_BYTES = 1 << 30
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+
+
+def to_vllm(params: SamplingParams, max_tokens: int) -> VSamplingParams:
+    """One to one; stop strings stay with ChatModel, which applies them for every engine."""
+    return VSamplingParams(
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        min_p=params.min_p,
+        max_tokens=max_tokens,
+        seed=params.seed,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        repetition_penalty=params.repetition_penalty,
+        output_kind=RequestOutputKind.DELTA,
+        skip_special_tokens=False,
+    )
+
+
+class VLLMEngine(Engine):
+    def __init__(self, settings: ModelSettings):
+        self.settings = settings
+        self.llm: AsyncLLM | None = None
+        self.tokenizer = None
+        self.template: ChatTemplate | None = None
+        self.max_context = 0
+        self._started: dict[str, bool] = {}  # in flight: request id -> has produced output
+
+    async def start(self) -> None:
+        s, opts = self.settings, self.settings.options
+        t0 = time.monotonic()
+        cache_dir = Path(opts.get("cache_dir") or Path.home() / ".cache" / "llmserve")
+        model_dir = await asyncio.to_thread(hf_dir_for, Path(s.resolved_path()), cache_dir)
+        args = AsyncEngineArgs(
+            model=str(model_dir),
+            dtype=str(opts.get("dtype", "bfloat16")),
+            max_model_len=s.ctx_size or None,
+            max_num_seqs=s.parallel,
+            max_num_batched_tokens=max(s.batch_size, s.ctx_size) if s.ctx_size else None,
+            enforce_eager=bool(opts.get("enforce_eager", True)),
+            # a fixed KV budget: vLLM's CPU default reserves 92% of RAM and refuses to start on a busy box
+            kv_cache_memory_bytes=int(opts.get("kv_cache_bytes", DEFAULT_KV_BYTES)),
+            seed=opts.get("seed", 0),
+            disable_log_stats=True,
+        )
+        logger.info("starting vLLM on %s", model_dir)
+        try:
+            self.llm = AsyncLLM.from_engine_args(args)
+        except Exception as exc:
+            raise EngineError(f"vLLM could not start: {exc}") from exc
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_context = self.llm.model_config.max_model_len
+        source = Path(s.chat_template).read_text() if s.chat_template else getattr(self.tokenizer, "chat_template", None)
+        if not source:
+            raise EngineError(f"{model_dir} has no chat template; pass --chat-template FILE")
+        self.template = ChatTemplate(source, bos_token=self.tokenizer.bos_token or "",
+                                     eos_token=self.tokenizer.eos_token or "")
+        logger.info("model %s ready in %.1f s (vLLM, max_num_seqs %d, context %d)",
+                    s.served_name(), time.monotonic() - t0, s.parallel, self.max_context)
+
+    async def stop(self) -> None:
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            if self._started:
+                await llm.abort(list(self._started))
+            await asyncio.to_thread(llm.shutdown)
+
+    def _require(self) -> AsyncLLM:
+        if self.llm is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        return self.llm
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        llm = self._require()
+        s = self.settings
+        rid = request.request_id
+        if len(self._started) >= s.parallel + s.max_queue:
+            raise Overloaded("the request queue is full; try again shortly", retry_after=1)
+        if rid in self._started:
+            raise InvalidRequest(f"request id {rid!r} is already in flight")
+        n_prompt = len(request.prompt_tokens)
+        max_tokens = min(request.sampling.max_tokens or self.max_context, self.max_context - n_prompt)
+        if max_tokens <= 0:
+            raise InvalidRequest("the prompt fills the context window", param="messages")
+        self._started[rid] = False
+        stream = llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_tokens)),
+                              to_vllm(request.sampling, max_tokens), rid)
+        finished = False
+        n_out = 0
+        try:
+            while not finished:
+                try:
+                    if self._started[rid] or s.queue_timeout is None:
+                        out = await stream.__anext__()
+                    else:
+                        out = await asyncio.wait_for(stream.__anext__(), s.queue_timeout)
+                except StopAsyncIteration:
+                    raise EngineError("vLLM ended the stream without finishing the request") from None
+                except asyncio.TimeoutError:
+                    raise QueueTimeout(f"no output within the queue timeout ({s.queue_timeout:g}s)", retry_after=1) from None
+                self._started[rid] = True
+                comp = out.outputs[0]
+                n_out += len(comp.token_ids)
+                finished = out.finished
+                reason = _FINISH.get(comp.finish_reason or "", FinishReason.STOP) if finished else None
+                usage = Usage(n_prompt, n_out, out.num_cached_tokens or 0) if finished else None
+                yield Delta(comp.text, tuple(comp.token_ids), reason, usage)
+        except (EngineDeadError, EngineGenerateError) as exc:
+            finished = True
+            raise EngineError(f"vLLM failed: {exc}") from exc
+        except LLMServeError:
+            raise
+        except ValueError as exc:  # vLLM's request validation
+            finished = True
+            raise InvalidRequest(str(exc)) from exc
+        finally:
+            self._started.pop(rid, None)
+            await stream.aclose()  # vLLM aborts a request whose generator closes unfinished
+            if not finished:
+                await llm.abort(rid)
+
+    async def abort(self, request_id: str) -> None:
+        if self.llm is not None and request_id in self._started:
+            await self.llm.abort(request_id)
+
+    # -- model facts ------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        self._require()
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        self._require()
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        self._require()
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(sampling=SAMPLING, max_context=self.max_context)
+
+    def stats(self) -> EngineStats:
+        if self.llm is None:
+            return EngineStats(loaded=False)
+        running = sum(self._started.values())
+        return EngineStats(loaded=True, running=running, waiting=len(self._started) - running)
