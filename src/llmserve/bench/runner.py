@@ -35,6 +35,7 @@ class BenchParams:
     requests: int | None = None  # per level; None: 4 x concurrency
     max_tokens: int = 128
     prompt: str = DEFAULT_PROMPT
+    prompts: tuple[str, ...] = ()  # a prompt set, cycled per request; overrides ``prompt``
     temperature: float = 0.0
     model: str | None = None  # None: the first model the server lists
     warmup: int = 1  # requests per server before measuring
@@ -44,6 +45,10 @@ class BenchParams:
 
     def n_requests(self, concurrency: int) -> int:
         return self.requests if self.requests is not None else 4 * concurrency
+
+    def messages(self, index: int) -> list[dict[str, str]]:
+        prompt = self.prompts[index % len(self.prompts)] if self.prompts else self.prompt
+        return [{"role": "user", "content": prompt}]
 
 
 @dataclass
@@ -97,15 +102,15 @@ async def run_level(client: httpx.AsyncClient, target: Target, model: str, concu
                     on_done: Callable[[RequestResult], None] | None = None) -> LevelResult:
     """``params.n_requests(concurrency)`` requests, never more than ``concurrency`` in flight."""
     total = params.n_requests(concurrency)
-    messages = [{"role": "user", "content": params.prompt}]
     results: list[RequestResult] = []
     next_index = 0
 
     async def worker() -> None:
         nonlocal next_index
         while next_index < total:
+            index = next_index
             next_index += 1
-            result = await stream_chat(client, target.url, model=model, messages=messages,
+            result = await stream_chat(client, target.url, model=model, messages=params.messages(index),
                                        max_tokens=params.max_tokens, temperature=params.temperature,
                                        extra_body=params.extra_body)
             results.append(result)
@@ -132,9 +137,8 @@ async def run_sweep(
     for target in targets:
         async with httpx.AsyncClient(timeout=params.timeout, limits=limits, headers=headers) as client:
             model = params.model or await first_model(client, target.url)
-            messages = [{"role": "user", "content": params.prompt}]
-            for _ in range(params.warmup):
-                await stream_chat(client, target.url, model=model, messages=messages,
+            for i in range(params.warmup):
+                await stream_chat(client, target.url, model=model, messages=params.messages(i),
                                   max_tokens=min(params.max_tokens, 16), extra_body=params.extra_body)
             for concurrency in params.concurrency:
                 if on_level_start is not None:

@@ -68,7 +68,8 @@ class LlamaCppEngine(Engine):
             self.model = model
             return
         n_ctx = s.ctx_size or model.n_ctx_train
-        ctx = LlamaContext(model, n_ctx=n_ctx, n_seq=s.parallel, n_batch=s.batch_size, n_threads=s.resolved_threads())
+        ctx = LlamaContext(model, n_ctx=n_ctx, n_seq=s.parallel, n_batch=s.batch_size, n_threads=s.resolved_threads(),
+                           flash_attn=s.flash_attn)
         source = Path(s.chat_template).read_text() if s.chat_template else model.chat_template()
         if source is None:
             raise EngineError(f"{path} has no chat template in its metadata; pass --chat-template FILE")

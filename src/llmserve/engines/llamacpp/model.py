@@ -117,7 +117,8 @@ class LlamaModel:
 class LlamaContext:
     """One llama.cpp context: the KV cache for ``n_seq`` sequences. Used by one thread only."""
 
-    def __init__(self, model: LlamaModel, *, n_ctx: int, n_seq: int, n_batch: int, n_threads: int):
+    def __init__(self, model: LlamaModel, *, n_ctx: int, n_seq: int, n_batch: int, n_threads: int,
+                 flash_attn: str = "off"):
         params = ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -127,6 +128,8 @@ class LlamaContext:
         params.n_threads_batch = n_threads
         params.kv_unified = False  # each sequence owns n_ctx / n_seq cells, as llama-server does
         params.no_perf = True
+        params.flash_attn_type = {"auto": ll.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                  "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
         self._ctx = ll.llama_init_from_model(model.ptr, params)
         if not self._ctx:
             raise EngineError("llama.cpp could not create a context (out of memory?)")
