@@ -93,9 +93,14 @@ def running(server: ThreadServer, model: str = "fake-model") -> int:
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:  # the page re-rendered that element: look again
+            value = None
         if value:
             return value
         time.sleep(interval)

@@ -177,11 +177,15 @@ def test_wrong_api_key_shows_the_servers_401_message(page, artifacts):
         wait_for(lambda: "Incorrect API key provided." in banner.text, what="the 401 message")
 
         send(page, "hello")
-        error = wait_for(lambda: page.find_elements(By.CSS_SELECTOR, ".msg .error"), what="the error")[-1]
-        assert error.get_attribute("data-status") == "401"
-        assert "Error 401" in error.text
-        assert "Incorrect API key provided." in error.text
-        assert "Check the API key" in error.text
+        def error_shown():
+            errors = page.find_elements(By.CSS_SELECTOR, ".msg .error")
+            return errors and (errors[-1].get_attribute("data-status"), errors[-1].text)
+
+        status, text = wait_for(error_shown, what="the error")
+        assert status == "401"
+        assert "Error 401" in text
+        assert "Incorrect API key provided." in text
+        assert "Check the API key" in text
         assert page.find_element(By.ID, "prompt").get_attribute("value") == "hello"  # offered again
         page.save_screenshot(str(artifacts / "web-chat-401.png"))
 
