@@ -17,8 +17,9 @@ from llmserve.server.auth import require_api_key
 from llmserve.server.convert import sampling_from, usage_info
 from llmserve.server.deps import get_model
 from llmserve.server.errors import error_payload
-from llmserve.server.metrics import observe
+from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import CompletionChoice, CompletionRequest, TextCompletion
+from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import DONE, ClientGone, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 MAX_PROMPTS = 64
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, dependencies=[Depends(rate_limit)])
 async def completions(body: CompletionRequest, request: Request) -> Response | TextCompletion:
     model = get_model(request, body.model)
     sampling = sampling_from(body)
@@ -40,7 +41,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response | T
         if exc.param == "messages":
             exc.param = "prompt"
         raise
-    streams = [observe(request, model, gen) for gen in gens]
+    streams = [generation_stream(request, model, gen) for gen in gens]
     logger.info("completion %s: %d prompt(s), %d prompt tokens, stream=%s", completion_id, len(gens),
                 sum(len(g.prompt_tokens) for g in gens), body.stream)
     if body.stream:
@@ -83,21 +84,9 @@ def _total(usages: Sequence[Usage | None]) -> Usage:
                  sum(u.cached_tokens for u in done))
 
 
-async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
-    parts: list[str] = []
-    last = Delta()
-    try:
-        async for delta in deltas:
-            parts.append(delta.text)
-            last = delta
-    finally:
-        await deltas.aclose()
-    return "".join(parts), last
-
-
 async def _collect_all(streams: list[AsyncIterator[Delta]]) -> list[tuple[str, Delta]]:
     """Every prompt concurrently; the first failure cancels the others."""
-    tasks = [asyncio.ensure_future(_collect(s)) for s in streams]
+    tasks = [asyncio.ensure_future(collect(s)) for s in streams]
     try:
         return list(await asyncio.gather(*tasks))
     finally:

@@ -15,7 +15,7 @@ from llmserve.server.auth import require_api_key
 from llmserve.server.convert import chat_sampling, to_message, usage_info
 from llmserve.server.deps import get_model, get_registry
 from llmserve.server.errors import error_payload
-from llmserve.server.metrics import observe
+from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -27,7 +27,7 @@ from llmserve.server.protocol import (
     ModelCard,
     ModelList,
 )
-from llmserve.server.ratelimit import meter, rate_limit  # rate limits
+from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import DONE, ClientGone, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
@@ -54,8 +54,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     prompt = model.render([to_message(m) for m in body.messages])
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     gen = model.build_request(prompt, sampling, request_id=completion_id)
-    # measured for /metrics, and tokens charged to the key's rate limit
-    deltas = meter(request, len(gen.prompt_tokens), observe(request, model, gen))
+    deltas = generation_stream(request, model, gen)
     logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
     if body.stream:
         # admission, validation and the first token happen before the 200 is committed
@@ -68,7 +67,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         events = _chat_events(completion_id, model.name, first, deltas, include_usage)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
-        text, last = await until_disconnect(request, _collect(deltas))
+        text, last = await until_disconnect(request, collect(deltas))
     except ClientGone:
         logger.info("client left before %s finished; generation aborted", completion_id)
         return Response(status_code=499)
@@ -78,18 +77,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason.value)],
         usage=usage_info(last.usage),
     )
-
-
-async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
-    parts: list[str] = []
-    last = Delta()
-    try:
-        async for delta in deltas:
-            parts.append(delta.text)
-            last = delta
-    finally:
-        await deltas.aclose()
-    return "".join(parts), last
 
 
 async def _chat_events(

@@ -23,7 +23,8 @@ from llmserve.server.convert import to_message
 from llmserve.server.deps import get_registry
 from llmserve.server.errors import error_payload
 from llmserve.server.protocol import ChatMessage, Strict
-from llmserve.server.ratelimit import meter, rate_limit
+from llmserve.server.generation import collect, generation_stream
+from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import ClientGone, until_disconnect
 from llmserve.types import Delta, GenerationRequest, SamplingParams, Usage
 
@@ -79,7 +80,7 @@ def start_generation(
     prompt = model.render(body.prompt_messages())
     gen = model.build_request(prompt, body.sampling(), request_id=f"chat-{uuid.uuid4().hex}")
     logger.info("simple chat %s: %d prompt tokens", gen.request_id, len(gen.prompt_tokens))
-    return model, gen, meter(conn, len(gen.prompt_tokens), model.agenerate(gen))
+    return model, gen, generation_stream(conn, model, gen)
 
 
 def usage_dict(usage: Usage | None) -> dict[str, int] | None:
@@ -94,24 +95,12 @@ async def chat(body: SimpleChatRequest, request: Request) -> Response | dict[str
     """``{"result": text, "finish_reason": ..., "model": ..., "usage": {...}}``."""
     model, gen, deltas = start_generation(request, body)
     try:
-        text, last = await until_disconnect(request, _collect(deltas))
+        text, last = await until_disconnect(request, collect(deltas))
     except ClientGone:
         logger.info("client left before %s finished; generation aborted", gen.request_id)
         return Response(status_code=499)
     reason = last.finish_reason.value if last.finish_reason else None
     return {"result": text, "finish_reason": reason, "model": model.name, "usage": usage_dict(last.usage)}
-
-
-async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
-    parts: list[str] = []
-    last = Delta()
-    try:
-        async for delta in deltas:
-            parts.append(delta.text)
-            last = delta
-    finally:
-        await deltas.aclose()
-    return "".join(parts), last
 
 
 @router.post("/chat_stream", dependencies=[Depends(rate_limit)], response_model=None)

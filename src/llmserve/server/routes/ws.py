@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
-from starlette.websockets import WebSocketDisconnect
 
 from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge
 from llmserve.server.auth import Identity, require_api_key
@@ -26,7 +25,8 @@ from llmserve.server.convert import chat_sampling, to_message, usage_info
 from llmserve.server.deps import get_rate_limiter, get_registry, get_settings
 from llmserve.server.errors import error_payload, error_response, validation_message
 from llmserve.server.protocol import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, DeltaMessage
-from llmserve.server.ratelimit import format_duration, meter
+from llmserve.server.generation import generation_stream
+from llmserve.server.ratelimit import format_duration
 from llmserve.server.routes.simple import SimpleChatRequest, start_generation, usage_dict
 from llmserve.types import Delta
 
@@ -271,7 +271,7 @@ class ChatSession:
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         gen = model.build_request(prompt, sampling, request_id=completion_id)
         progress = self.progress.setdefault(str(req_id), [len(gen.prompt_tokens), 0])
-        deltas = meter(self.websocket, len(gen.prompt_tokens), model.agenerate(gen))
+        deltas = generation_stream(self.websocket, model, gen)
         logger.info("websocket chat %s: %d prompt tokens", completion_id, len(gen.prompt_tokens))
         created = int(time.time())
 

@@ -1,0 +1,30 @@
+"""The one way a route runs a generation: measured for /metrics, charged to the caller's rate limit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import HTTPConnection
+
+from llmserve.chat_model import AsyncChatModel
+from llmserve.server.metrics import observe
+from llmserve.server.ratelimit import meter
+from llmserve.types import Delta, GenerationRequest
+
+
+def generation_stream(conn: HTTPConnection, model: AsyncChatModel, request: GenerationRequest) -> AsyncIterator[Delta]:
+    """``model.agenerate(request)``, observed and metered. Closing it aborts the generation."""
+    return meter(conn, len(request.prompt_tokens), observe(conn, model, request))
+
+
+async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
+    """The whole text and the last delta (finish reason, usage); closes the stream whatever happens."""
+    parts: list[str] = []
+    last = Delta()
+    try:
+        async for delta in deltas:
+            parts.append(delta.text)
+            last = delta
+    finally:
+        await deltas.aclose()
+    return "".join(parts), last
