@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Sequence
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
 from llmserve.engines.hf.model import LoadedModel, load
-from llmserve.engines.hf.scheduler import Output, Scheduler
-from llmserve.engines.hf.scheduler import Sequence as SchedSeq
-from llmserve.errors import LLMServeError, ModelLoading
+from llmserve.engines.hf.scheduler import Scheduler
+from llmserve.engines.worker import LoopBridge
+from llmserve.errors import ModelLoading
 from llmserve.settings import ModelSettings
 from llmserve.types import Capabilities, Delta, EngineStats, GenerationRequest, Message
 
@@ -31,10 +31,10 @@ class HFEngine(Engine):
         self.settings = settings
         self.loaded: LoadedModel | None = None
         self.scheduler: Scheduler | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge = LoopBridge()
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._bridge.bind()
         t0 = time.monotonic()
         logger.info("loading %s with transformers", self.settings.resolved_path())
         await asyncio.to_thread(self._load)
@@ -45,7 +45,7 @@ class HFEngine(Engine):
         s = self.settings
         loaded = load(s)
         self.scheduler = Scheduler(loaded, n_slots=s.parallel, max_queue=s.max_queue, queue_timeout=s.queue_timeout,
-                                   prefill_tokens=s.batch_size, threads=s.resolved_threads(), emit=self._emit)
+                                   prefill_tokens=s.batch_size, threads=s.resolved_threads(), emit=self._bridge.emit)
         self.loaded = loaded
         self.scheduler.start()
 
@@ -55,32 +55,8 @@ class HFEngine(Engine):
             self.scheduler = None
         self.loaded = None
 
-    # -- bridging the worker thread to asyncio -----------------------------------------------
-    def _emit(self, outputs: list[tuple[SchedSeq, Output]]) -> None:
-        """Called on the worker thread once per step: one hop to the loop for all outputs."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(_dispatch, outputs)
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        scheduler = self._require_scheduler()
-        queue: asyncio.Queue[Output] = asyncio.Queue()
-        seq = scheduler.submit(request, queue)
-        finished = False
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, LLMServeError):
-                    finished = True
-                    raise item
-                finished = item.finish_reason is not None
-                yield item
-                if finished:
-                    return
-        finally:
-            if not finished:
-                seq.cancelled = True
-                scheduler.cancel(request.request_id)
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        return self._bridge.stream(self._require_scheduler, request)
 
     async def abort(self, request_id: str) -> None:
         if self.scheduler is not None:
@@ -117,7 +93,3 @@ class HFEngine(Engine):
             return EngineStats(loaded=False)
         return EngineStats(loaded=True, running=s.n_running, waiting=s.n_waiting)
 
-
-def _dispatch(outputs: list[tuple[SchedSeq, Output]]) -> None:
-    for seq, item in outputs:
-        seq.sink.put_nowait(item)

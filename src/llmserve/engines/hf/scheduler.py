@@ -9,11 +9,9 @@ attention (sliding windows) cannot merge rows: newcomers then wait until the bat
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import logging
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -22,106 +20,42 @@ from llmserve.engines.hf.detok import IncrementalDetokenizer
 from llmserve.engines.hf.kvbatch import KVBatch, mergeable, new_cache
 from llmserve.engines.hf.model import LoadedModel
 from llmserve.engines.hf.sampling import Sampler
-from llmserve.errors import EngineError, LLMServeError, Overloaded, QueueTimeout
-from llmserve.types import Delta, FinishReason, GenerationRequest, Usage
+from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
+from llmserve.errors import LLMServeError
+from llmserve.types import Delta, FinishReason, Usage
 
 logger = logging.getLogger(__name__)
 
-Output = Delta | LLMServeError
-Emit = Callable[[list[tuple["Sequence", Output]]], None]
-
-
 @dataclass(eq=False)
-class Sequence:
-    """One request inside the scheduler. ``cancelled`` may be set from any thread."""
+class Sequence(Queued):
+    """One request's decoding state; worker-thread only, but for ``cancelled``."""
 
-    request: GenerationRequest
-    sink: object  # opaque to the scheduler: handed back with each output
-    enqueued_at: float
-    cancelled: bool = False
-    # worker-thread state
     sampler: Sampler | None = None
     detok: IncrementalDetokenizer | None = None
     generated: list[int] = field(default_factory=list)
     pending: int | None = None  # sampled and emitted, not yet in the cache
 
-    @property
-    def prompt(self) -> tuple[int, ...]:
-        return self.request.prompt_tokens
 
+class Scheduler(WorkerLoop[Sequence]):
+    sequence_type = Sequence
 
-class Scheduler:
     def __init__(self, loaded: LoadedModel, *, n_slots: int, max_queue: int, queue_timeout: float | None,
                  prefill_tokens: int, threads: int, emit: Emit):
+        super().__init__(n_slots=n_slots, max_queue=max_queue, queue_timeout=queue_timeout, emit=emit,
+                         name="llmserve-hf")
         self.m = loaded
-        self.n_slots = n_slots
-        self.max_queue = max_queue
-        self.queue_timeout = queue_timeout
         self.prefill_tokens = prefill_tokens
         self.threads = threads
-        self.emit = emit
         self.can_merge = mergeable(new_cache(loaded.model.config))
-        self._cv = threading.Condition()
-        self._incoming: list[Sequence] = []
-        self._by_id: dict[str, Sequence] = {}
-        self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []  # row i of self._kv belongs to self._running[i]
         self._kv: KVBatch | None = None
-        self._stopping = False
-        self.n_waiting = 0
-        self.n_running = 0
-        self.steps = 0
-        self._thread = threading.Thread(target=self._run, name="llmserve-hf", daemon=True)
-
-    # -- any thread ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, request: GenerationRequest, sink: object) -> Sequence:
-        seq = Sequence(request, sink, time.monotonic())
-        with self._cv:
-            if self._stopping:
-                raise Overloaded("the engine is shutting down", retry_after=5)
-            if self.n_waiting + self.n_running >= self.n_slots + self.max_queue:
-                raise Overloaded("the request queue is full; try again shortly", retry_after=1)
-            self.n_waiting += 1
-            self._by_id[request.request_id] = seq
-            self._incoming.append(seq)
-            self._cv.notify()
-        return seq
-
-    def cancel(self, request_id: str) -> None:
-        with self._cv:
-            seq = self._by_id.get(request_id)
-            if seq is not None:
-                seq.cancelled = True
-                self._cv.notify()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        if self._thread.is_alive():
-            self._thread.join()
 
     # -- worker thread ------------------------------------------------------------------------
-    def _run(self) -> None:
+    @contextlib.contextmanager
+    def _worker_context(self) -> Iterator[None]:
         torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            while True:
-                with self._cv:
-                    while not (self._stopping or self._incoming or self._waiting or self._running):
-                        self._cv.wait()
-                    if self._stopping:
-                        break
-                    self._waiting.extend(self._incoming)
-                    self._incoming.clear()
-                try:
-                    self._step()
-                except Exception:  # never let the loop die: fail what is in flight, keep serving
-                    logger.exception("engine step failed")
-                    self._fail_all(EngineError("the engine failed while generating"))
-        self._fail_all(EngineError("the engine stopped"), include_incoming=True)
+            yield
 
     def _step(self) -> None:
         out: list[tuple[Sequence, Output]] = []
@@ -133,15 +67,7 @@ class Scheduler:
             self.emit(out)
 
     def _reap(self, out: list[tuple[Sequence, Output]]) -> None:
-        now = time.monotonic()
-        for seq in list(self._waiting):
-            expired = self.queue_timeout is not None and now - seq.enqueued_at > self.queue_timeout
-            if seq.cancelled or expired:
-                self._waiting.remove(seq)
-                self._forget(seq, waiting=True)
-                if expired and not seq.cancelled:
-                    out.append((seq, QueueTimeout(
-                        f"no slot became free within the queue timeout ({self.queue_timeout:g}s)", retry_after=1)))
+        self._reap_waiting(out)
         if any(seq.cancelled for seq in self._running):
             self._keep([i for i, seq in enumerate(self._running) if not seq.cancelled])
 
@@ -159,9 +85,7 @@ class Scheduler:
             longest = width
         if not group:
             return
-        with self._cv:
-            self.n_waiting -= len(group)
-            self.n_running += len(group)
+        self._started(group)
         for seq in group:
             seq.sampler = Sampler(seq.request.sampling, seq.prompt)
             seq.detok = IncrementalDetokenizer(self.m.tokenizer, seq.prompt)
@@ -239,24 +163,7 @@ class Scheduler:
         else:
             self._kv.keep(rows)
 
-    def _forget(self, seq: Sequence, *, waiting: bool) -> None:
-        with self._cv:
-            self._by_id.pop(seq.request.request_id, None)
-            if waiting:
-                self.n_waiting -= 1
-            else:
-                self.n_running -= 1
-
-    def _fail_all(self, error: LLMServeError, *, include_incoming: bool = False) -> None:
+    def _fail_running(self, error: LLMServeError) -> list[tuple[Sequence, Output]]:
         out: list[tuple[Sequence, Output]] = [(seq, error) for seq in self._running]
         self._keep([])
-        if include_incoming:
-            with self._cv:
-                self._waiting.extend(self._incoming)
-                self._incoming.clear()
-            while self._waiting:
-                seq = self._waiting.popleft()
-                self._forget(seq, waiting=True)
-                out.append((seq, error))
-        if out:
-            self.emit(out)
+        return out

@@ -12,9 +12,9 @@ from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
 from llmserve.engines.llamacpp.embed import LlamaEmbedder, model_pooling
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
-from llmserve.engines.llamacpp.scheduler import Output, Scheduler
-from llmserve.engines.llamacpp.scheduler import Sequence as SchedSeq
-from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading
+from llmserve.engines.llamacpp.scheduler import Scheduler
+from llmserve.engines.worker import LoopBridge
+from llmserve.errors import EngineError, InvalidRequest, ModelLoading
 from llmserve.settings import ModelSettings
 from llmserve.types import Capabilities, Delta, EngineStats, GenerationRequest, Message
 
@@ -33,13 +33,13 @@ class LlamaCppEngine(Engine):
         self.ctx: LlamaContext | None = None
         self.scheduler: Scheduler | None = None
         self.template: ChatTemplate | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge = LoopBridge()
         self.embedder: LlamaEmbedder | None = None
         # options.embedding: serve this GGUF for /v1/embeddings only (no decode context, no template)
         self.embedding_only = bool(settings.options.get("embedding", False))
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._bridge.bind()
         path = self.settings.resolved_path()
         t0 = time.monotonic()
         logger.info("loading %s with llama.cpp", path)
@@ -76,7 +76,7 @@ class LlamaCppEngine(Engine):
         self.template = ChatTemplate(source, bos_token=model.token_text(model.bos), eos_token=model.token_text(model.eos))
         self.model, self.ctx = model, ctx
         self.scheduler = Scheduler(model, ctx, n_slots=s.parallel, max_queue=s.max_queue,
-                                   queue_timeout=s.queue_timeout, emit=self._emit)
+                                   queue_timeout=s.queue_timeout, emit=self._bridge.emit)
         self.scheduler.start()
 
     async def stop(self) -> None:
@@ -93,45 +93,24 @@ class LlamaCppEngine(Engine):
             self.model.close()
             self.model = None
 
-    # -- bridging the worker thread to asyncio -----------------------------------------------
-    def _emit(self, outputs: list[tuple[SchedSeq, Output]]) -> None:
-        """Called on the worker thread once per step: one hop to the loop for all outputs."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(_dispatch, outputs)
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        return self._bridge.stream(lambda: self._worker_for(request), request)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        scheduler = self._require()
+    def _refuse_if_embedding_only(self) -> None:
+        if self.embedding_only:
+            raise InvalidRequest(f"model {self.settings.served_name()!r} serves embeddings only", param="model")
+
+    def _worker_for(self, request: GenerationRequest) -> Scheduler:
+        """Runs at the stream's first step: errors surface before any delta."""
+        self._refuse_if_embedding_only()
+        if self.scheduler is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
         self._check_tokens(request.prompt_tokens, "prompt")
-        queue: asyncio.Queue[Output] = asyncio.Queue()
-        seq = scheduler.submit(request, queue)
-        finished = False
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, LLMServeError):
-                    finished = True
-                    raise item
-                if item.finish_reason is not None:
-                    finished = True
-                yield item
-                if finished:
-                    return
-        finally:
-            if not finished:
-                seq.cancelled = True
-                scheduler.cancel(request.request_id)
+        return self.scheduler
 
     async def abort(self, request_id: str) -> None:
         if self.scheduler is not None:
             self.scheduler.cancel(request_id)
-
-    def _require(self) -> Scheduler:
-        if self.embedding_only:
-            raise InvalidRequest(f"model {self.settings.served_name()!r} serves embeddings only", param="model")
-        if self.scheduler is None:
-            raise ModelLoading("the model is not loaded yet", retry_after=5)
-        return self.scheduler
 
     # -- model facts ------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
@@ -151,8 +130,7 @@ class LlamaCppEngine(Engine):
             raise InvalidRequest(f"token id {bad[0]} is not in the vocabulary", param=param)
 
     def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        if self.embedding_only:
-            self._require()
+        self._refuse_if_embedding_only()
         if self.template is None:
             raise ModelLoading("the model is not loaded yet", retry_after=5)
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
@@ -170,7 +148,3 @@ class LlamaCppEngine(Engine):
             return EngineStats(loaded=self.embedding_only and self.model is not None)
         return EngineStats(loaded=True, running=s.n_running, waiting=s.n_waiting)
 
-
-def _dispatch(outputs: list[tuple[SchedSeq, Output]]) -> None:
-    for seq, item in outputs:
-        seq.sink.put_nowait(item)

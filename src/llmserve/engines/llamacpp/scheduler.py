@@ -9,35 +9,25 @@ token budget allows, decode it, and sample every sequence that produced logits.
 from __future__ import annotations
 
 import codecs
-import collections
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.sampler import build_sampler, free_sampler
-from llmserve.errors import EngineError, LLMServeError, Overloaded, QueueTimeout
-from llmserve.types import Delta, FinishReason, GenerationRequest, Usage
+from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
+from llmserve.errors import EngineError, LLMServeError
+from llmserve.types import Delta, FinishReason, Usage
 
 logger = logging.getLogger(__name__)
 
-Output = Delta | LLMServeError
-Emit = Callable[[list[tuple["Sequence", Output]]], None]
-
 
 @dataclass(eq=False)
-class Sequence:
-    """One request inside the scheduler. ``cancelled`` may be set from any thread."""
+class Sequence(Queued):
+    """One request's decoding state; worker-thread only, but for ``cancelled``."""
 
-    request: GenerationRequest
-    sink: object  # opaque to the scheduler: handed back with each output
-    enqueued_at: float
-    cancelled: bool = False
-    # worker-thread state
     slot: Slot | None = None
     n_prefilled: int = 0
     n_cached: int = 0
@@ -45,10 +35,6 @@ class Sequence:
     pending: int | None = None  # sampled, emitted, not yet decoded
     sampler: object = None
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-
-    @property
-    def prompt(self) -> tuple[int, ...]:
-        return self.request.prompt_tokens
 
 
 @dataclass(eq=False)
@@ -67,76 +53,24 @@ def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
     return i
 
 
-class Scheduler:
+class Scheduler(WorkerLoop[Sequence]):
+    sequence_type = Sequence
+
     def __init__(self, model: LlamaModel, ctx: LlamaContext, *, n_slots: int, max_queue: int,
                  queue_timeout: float | None, emit: Emit):
+        super().__init__(n_slots=n_slots, max_queue=max_queue, queue_timeout=queue_timeout, emit=emit,
+                         name="llmserve-llamacpp")
         self.model = model
         self.ctx = ctx
         self.slots = [Slot(i) for i in range(n_slots)]
-        self.max_queue = max_queue
-        self.queue_timeout = queue_timeout
-        self.emit = emit
         self.n_batch = ctx.n_batch
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
-        self._cv = threading.Condition()
-        self._incoming: list[Sequence] = []
-        self._by_id: dict[str, Sequence] = {}
-        self._waiting: collections.deque[Sequence] = collections.deque()
-        self._stopping = False
-        self.n_waiting = 0
-        self.n_running = 0
-        self.steps = 0
-        self._thread = threading.Thread(target=self._run, name="llmserve-llamacpp", daemon=True)
-
-    # -- any thread ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, request: GenerationRequest, sink: object) -> Sequence:
-        seq = Sequence(request, sink, time.monotonic())
-        with self._cv:
-            if self._stopping:
-                raise Overloaded("the engine is shutting down", retry_after=5)
-            if self.n_waiting + self.n_running >= len(self.slots) + self.max_queue:
-                raise Overloaded("the request queue is full; try again shortly", retry_after=1)
-            self.n_waiting += 1
-            self._by_id[request.request_id] = seq
-            self._incoming.append(seq)
-            self._cv.notify()
-        return seq
-
-    def cancel(self, request_id: str) -> None:
-        with self._cv:
-            seq = self._by_id.get(request_id)
-            if seq is not None:
-                seq.cancelled = True
-                self._cv.notify()
 
     def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        if self._thread.is_alive():
-            self._thread.join()
+        super().stop()
         ll.llama_batch_free(self._batch)
 
     # -- worker thread ------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not (self._stopping or self._incoming or self._waiting or self.n_running):
-                    self._cv.wait()
-                if self._stopping:
-                    break
-                self._waiting.extend(self._incoming)
-                self._incoming.clear()
-            try:
-                self._step()
-            except Exception:  # never let the loop die: fail what is in flight, keep serving
-                logger.exception("engine step failed")
-                self._fail_all(EngineError("the engine failed while generating"))
-        self._fail_all(EngineError("the engine stopped"), include_incoming=True)
-
     def _step(self) -> None:
         out: list[tuple[Sequence, Output]] = []
         self._reap(out)
@@ -148,15 +82,7 @@ class Scheduler:
             self.emit(out)
 
     def _reap(self, out: list[tuple[Sequence, Output]]) -> None:
-        now = time.monotonic()
-        for seq in list(self._waiting):
-            expired = self.queue_timeout is not None and now - seq.enqueued_at > self.queue_timeout
-            if seq.cancelled or expired:
-                self._waiting.remove(seq)
-                self._forget(seq, waiting=True)
-                if expired and not seq.cancelled:
-                    out.append((seq, QueueTimeout(
-                        f"no slot became free within the queue timeout ({self.queue_timeout:g}s)", retry_after=1)))
+        self._reap_waiting(out)
         for slot in self.slots:
             if slot.seq is not None and slot.seq.cancelled:
                 self._release(slot)
@@ -176,11 +102,8 @@ class Scheduler:
             del slot.tokens[keep:]
             seq.slot, slot.seq = slot, seq
             seq.n_prefilled = seq.n_cached = keep
-            seq.request.timing.started_at = time.monotonic()
             seq.sampler = build_sampler(seq.request.sampling, n_vocab=self.model.n_vocab, penalty_window=self.ctx.n_ctx_seq)
-            with self._cv:
-                self.n_waiting -= 1
-                self.n_running += 1
+            self._started([seq])
 
     def _fill_batch(self) -> tuple[list[tuple[Sequence, int]], list[tuple[Sequence, int, int]]]:
         """Returns the decoding sequences with their logit index, and prefill chunks
@@ -280,15 +203,7 @@ class Scheduler:
             seq.sampler = None
         self._forget(seq, waiting=False)
 
-    def _forget(self, seq: Sequence, *, waiting: bool) -> None:
-        with self._cv:
-            self._by_id.pop(seq.request.request_id, None)
-            if waiting:
-                self.n_waiting -= 1
-            else:
-                self.n_running -= 1
-
-    def _fail_all(self, error: LLMServeError, *, include_incoming: bool = False) -> None:
+    def _fail_running(self, error: LLMServeError) -> list[tuple[Sequence, Output]]:
         out: list[tuple[Sequence, Output]] = []
         for slot in self.slots:
             if slot.seq is not None:
@@ -296,13 +211,4 @@ class Scheduler:
                 self.ctx.seq_rm(slot.seq_id)
                 slot.tokens.clear()
                 self._release(slot)
-        if include_incoming:
-            with self._cv:
-                self._waiting.extend(self._incoming)
-                self._incoming.clear()
-            while self._waiting:
-                seq = self._waiting.popleft()
-                self._forget(seq, waiting=True)
-                out.append((seq, error))
-        if out:
-            self.emit(out)
+        return out
