@@ -95,7 +95,11 @@ class AsyncChatModel:
         if not self._started:
             raise ModelLoading(f"model {self.name!r} is still loading", retry_after=5)
         self.check_sampling(sampling)
-        tokens = tuple(self.engine.tokenize(prompt) if isinstance(prompt, str) else prompt)
+        if isinstance(prompt, str):
+            # JSON may carry lone surrogates ("\ud800"), which no tokenizer can encode
+            tokens = tuple(self.engine.tokenize(prompt.encode("utf-8", "replace").decode("utf-8")))
+        else:
+            tokens = tuple(prompt)
         if not tokens:
             raise InvalidRequest("the prompt is empty", param="messages")
         limit = self.engine.capabilities.max_context

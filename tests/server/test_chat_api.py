@@ -279,3 +279,15 @@ def test_api_keys_401_openai_shaped():
         assert client.post(CHAT, json=body(), headers={"authorization": "Bearer k2"}).status_code == 200
         assert client.get("/v1/models", headers={"x-api-key": "k1"}).status_code == 200
         assert client.get("/health").status_code == 200  # stays open
+
+
+def test_null_means_default_for_optional_parameters(client):
+    r = client.post(CHAT, json=body(temperature=None, top_p=None, n=None, presence_penalty=None, stream=None))
+    assert r.status_code == 200, r.text
+    assert client.post(CHAT, json=body(messages=None)).status_code == 400  # required: null is not allowed
+
+
+def test_lone_surrogates_do_not_crash(client):
+    raw = b'{"messages": [{"role": "user", "content": "x \\ud800 y"}], "temperature": 0}'
+    r = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200

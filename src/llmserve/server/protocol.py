@@ -18,9 +18,19 @@ def _now() -> int:
 
 
 class Strict(BaseModel):
-    """Unknown fields are rejected (400 naming them), as OpenAI itself does."""
+    """Unknown fields are rejected (400 naming them), as OpenAI itself does. An explicit ``null``
+    for a field that has a non-null default means that default, as in OpenAI's API."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            return {k: v for k, v in data.items()
+                    if not (v is None and k in fields and fields[k].default is not None and fields[k].is_required() is False)}
+        return data
 
 
 # -- requests -------------------------------------------------------------------------------------
