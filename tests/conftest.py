@@ -22,8 +22,10 @@ from llmserve.chat_model import AsyncChatModel
 from llmserve.server.app import create_app
 from llmserve.settings import ModelSettings, Settings
 
-# Inference threads for the real-model tiers: 2 cores here, and the test process needs some CPU too.
-THREADS = int(os.environ.get("LLMSERVE_TEST_THREADS", "2"))
+# Inference threads for the real-model tiers. One: the test process (and a live server, and the
+# client) share the 2 cores, and llama.cpp's spinning OpenMP barriers degrade badly when its
+# threads outnumber the free cores (seen here: seconds per decode step under such load).
+THREADS = int(os.environ.get("LLMSERVE_TEST_THREADS", "1"))
 
 
 def fake_model(name: str = "fake-model", **options: Any) -> AsyncChatModel:
