@@ -64,7 +64,7 @@ def test_serve_help_documents_env_vars():
 def test_chat_command_keeps_the_conversation():
     script = "What is the capital of France? Answer in one word.\nRepeat your last answer.\n/exit\n"
     out = subprocess.run(
-        [sys.executable, "-m", "llmserve", "chat", "--temperature", "0", "--max-tokens", "16", "--threads", "2",
+        [sys.executable, "-m", "llmserve", "chat", "--temperature", "0", "--max-tokens", "16", "--threads", "1",
          "--parallel", "1", "--ctx-size", "2048"],
         input=script, capture_output=True, text=True, timeout=120,
     )
