@@ -228,6 +228,25 @@ def test_busy_server_shows_503_message_and_advice(page):
             thread.join(10)
 
 
+def test_rate_limited_shows_429_message(page):
+    settings = Settings(rate_limit_rpm=1)  # one request a minute per client address
+    with page_server(fake_model(reply="only once"), settings=settings) as server:
+        open_page(page, server)
+        wait_for(lambda: models_loaded(page), what="the model list")
+        send(page, "first")
+        wait_for(lambda: last_reply(page) == "only once" and state(page) == "idle", what="the first reply")
+        send(page, "second")
+
+        def error_shown():
+            errors = page.find_elements(By.CSS_SELECTOR, ".msg .error")
+            return errors and (errors[-1].get_attribute("data-status"), errors[-1].text)
+
+        status, text = wait_for(error_shown, what="the 429 error")
+        assert status == "429"
+        assert "Error 429" in text
+        assert "limit" in text.lower()
+
+
 def test_failure_mid_stream_keeps_the_text_and_shows_the_error(page, artifacts):
     model = fake_model(reply="one two three four five six", token_delay=0.02, fail_after=3)
     with page_server(model) as server:
