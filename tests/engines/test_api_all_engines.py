@@ -9,7 +9,6 @@ selects ``-m vllm``). Small contexts and small ``max_tokens`` keep it fast on 2 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import time
 from collections.abc import Iterator
@@ -18,30 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from llmserve.chat_model import AsyncChatModel
-from llmserve.server.app import create_app
-from llmserve.settings import Settings
 from llmserve.types import Capabilities, SamplingParams
-from tests.conftest import THREADS, ThreadServer, free_port
+from tests.conftest import ThreadServer
+from tests.engines.conftest import CTX, NAME, serve
 
 CHAT = "/v1/chat/completions"
-NAME = "smollm2"
-CTX = 1024  # tokens one request may use, for every engine
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 STORY = [{"role": "user", "content": "Write a long story about dragons."}]
 ALL_SAMPLING = frozenset(f.name for f in dataclasses.fields(SamplingParams))
-
-# what an engine needs importable; a missing one skips that engine's params (and only then)
-REQUIRES = {"llamacpp": ("llama_cpp",), "hf": ("torch", "transformers", "accelerate"), "vllm": ("vllm",)}
-
-
-def make_model(engine: str) -> AsyncChatModel:
-    common = {"name": NAME, "parallel": 2, "max_queue": 2}
-    if engine == "llamacpp":  # llama.cpp splits ctx_size across its slots
-        return AsyncChatModel(engine="llamacpp", ctx_size=2 * CTX, threads=THREADS, **common)
-    if engine == "hf":
-        return AsyncChatModel(engine="hf", ctx_size=CTX, threads=THREADS, **common)
-    return AsyncChatModel(engine="vllm", ctx_size=CTX, options={"kv_cache_bytes": 256 * 1024 * 1024}, **common)
 
 
 @pytest.fixture(scope="module", params=[
@@ -50,16 +33,10 @@ def make_model(engine: str) -> AsyncChatModel:
     pytest.param("vllm", marks=pytest.mark.vllm),
 ])
 def served(request) -> Iterator[ThreadServer]:
-    engine = request.param
-    for module in REQUIRES[engine]:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            pytest.skip(f"engine {engine!r} needs {module!r}, which does not import here: {exc}")
-    model = make_model(engine)
-    with ThreadServer(create_app(Settings(), models=[model]), free_port()) as server:
-        server.model = model
-        server.engine_name = engine
+    if request.param == "vllm":  # one vLLM start for the whole tier, shared with test_vllm.py
+        yield request.getfixturevalue("vllm_server")
+        return
+    with serve(request.param) as server:
         yield server
 
 
