@@ -141,6 +141,22 @@ def test_unclaimed_sampling_parameter_is_400_naming_it(served, api, monkeypatch)
     assert chat(api, temperature=0, max_tokens=2, top_k=0)["choices"]
 
 
+# prefix caching, as docs/engines.md's table says: llama.cpp reuses the slot holding the longest
+# prefix, vLLM its automatic prefix caching (whole 16-token blocks); the hf engine recomputes
+PREFIX_CACHING = {"llamacpp": True, "hf": False, "vllm": True}
+
+
+def test_prefix_caching_as_documented(served, api):
+    msgs = [{"role": "system", "content": "You are a geography teacher. " * 8}, *FRANCE]
+    first = chat(api, msgs, temperature=0, max_tokens=2)
+    second = chat(api, msgs, temperature=0, max_tokens=2)
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    if PREFIX_CACHING[served.engine_name]:
+        assert cached >= first["usage"]["prompt_tokens"] // 2, second["usage"]
+    else:
+        assert cached == 0
+
+
 # -- completions ----------------------------------------------------------------------------------
 def test_greedy_response_shape(api):
     out = chat(api, temperature=0, max_tokens=16)
