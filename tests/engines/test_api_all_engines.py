@@ -23,7 +23,10 @@ from tests.engines.conftest import CTX, NAME, serve
 
 CHAT = "/v1/chat/completions"
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-STORY = [{"role": "user", "content": "Write a long story about dragons."}]
+# a generation that cannot end early: ~900 tokens take several seconds on any engine here, so a
+# starved client (2 shared cores) still finds it running when it disconnects
+COUNT = [{"role": "user", "content": "Count from 1 to 1000, one number per line, no commentary."}]
+LONG = {"messages": COUNT, "temperature": 0, "max_tokens": CTX - 100}
 ALL_SAMPLING = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 
 
@@ -243,9 +246,8 @@ def test_unknown_field_and_unknown_model(api):
 # -- disconnects ----------------------------------------------------------------------------------
 def test_stream_disconnect_frees_the_engine(served):
     engine = served.model.engine
-    body = {"messages": STORY, "stream": True, "max_tokens": 300, "temperature": 0.8}
     with httpx.Client(base_url=served.url, timeout=60) as client:
-        with client.stream("POST", CHAT, json=body) as r:
+        with client.stream("POST", CHAT, json={**LONG, "stream": True}) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
                 if '"content":"' in line and '"content":""' not in line:
@@ -255,8 +257,7 @@ def test_stream_disconnect_frees_the_engine(served):
 
 
 def test_non_streaming_disconnect_frees_the_engine(served):
-    body = {"messages": STORY, "max_tokens": 300, "temperature": 0.8}
     with httpx.Client(base_url=served.url, timeout=1.0) as client:
         with pytest.raises(httpx.ReadTimeout):
-            client.post(CHAT, json=body)
+            client.post(CHAT, json=LONG)
     wait_idle(served)
