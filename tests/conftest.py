@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from llmserve.settings import ModelSettings, Settings
 # client) share the 2 cores, and llama.cpp's spinning OpenMP barriers degrade badly when its
 # threads outnumber the free cores (seen here: seconds per decode step under such load).
 THREADS = int(os.environ.get("LLMSERVE_TEST_THREADS", "1"))
+T = TypeVar("T")
 
 
 def fake_model(name: str = "fake-model", **options: Any) -> AsyncChatModel:
@@ -90,13 +92,29 @@ def free_port() -> int:
 
 
 class ThreadServer:
-    """uvicorn in a thread of the test process: a real socket, and the engine is reachable."""
+    """uvicorn in a thread of the test process: a real socket, and the engine is reachable.
+
+    ``call(coro)`` runs a coroutine on the server's own event loop (where the engines live), so
+    in-process tests can share the engine that serves HTTP.
+    """
 
     def __init__(self, app, port: int):
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self.url = f"http://127.0.0.1:{port}"
         self.app = app
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
