@@ -7,7 +7,7 @@ and every engine consumes and produces only these.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 class FinishReason(str, enum.Enum):
@@ -51,6 +51,9 @@ class RequestTiming:
     """
 
     started_at: float | None = None
+
+
+ALL_SAMPLING: frozenset[str] = frozenset(f.name for f in fields(SamplingParams))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,12 @@ def prompt_tokens(driver) -> list[int]:
     return [int(re.search(r"(\d+) prompt tokens", e.text).group(1)) for e in stats]
 
 
+def error_shown(driver) -> tuple[str, str] | None:
+    """(status, text) of the last error shown under a reply, once there is one."""
+    errors = driver.find_elements(By.CSS_SELECTOR, ".msg .error")
+    return (errors[-1].get_attribute("data-status"), errors[-1].text) if errors else None
+
+
 def js_errors(driver) -> list[str]:
     """Console errors other than the failed HTTP responses a test provoked on purpose."""
     return [e["message"] for e in driver.get_log("browser")
@@ -177,11 +183,7 @@ def test_wrong_api_key_shows_the_servers_401_message(page, artifacts):
         wait_for(lambda: "Incorrect API key provided." in banner.text, what="the 401 message")
 
         send(page, "hello")
-        def error_shown():
-            errors = page.find_elements(By.CSS_SELECTOR, ".msg .error")
-            return errors and (errors[-1].get_attribute("data-status"), errors[-1].text)
-
-        status, text = wait_for(error_shown, what="the error")
+        status, text = wait_for(lambda: error_shown(page), what="the error")
         assert status == "401"
         assert "Error 401" in text
         assert "Incorrect API key provided." in text
@@ -237,11 +239,7 @@ def test_rate_limited_shows_429_message(page):
         wait_for(lambda: last_reply(page) == "only once" and state(page) == "idle", what="the first reply")
         send(page, "second")
 
-        def error_shown():
-            errors = page.find_elements(By.CSS_SELECTOR, ".msg .error")
-            return errors and (errors[-1].get_attribute("data-status"), errors[-1].text)
-
-        status, text = wait_for(error_shown, what="the 429 error")
+        status, text = wait_for(lambda: error_shown(page), what="the 429 error")
         assert status == "429"
         assert "Error 429" in text
         assert "limit" in text.lower()

@@ -19,6 +19,7 @@ from llmserve.engines.base import Embedder, Engine
 from llmserve.errors import EngineError, InvalidRequest, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
 from llmserve.types import (
+    ALL_SAMPLING,
     Capabilities,
     Delta,
     Embeddings,
@@ -65,8 +66,7 @@ class FakeEngine(Engine):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            sampling=frozenset({"temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
-                                "presence_penalty", "frequency_penalty", "repetition_penalty"}),
+            sampling=ALL_SAMPLING,
             max_context=self.max_context,
         )
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import Request
 
+from llmserve.errors import LLMServeError
+from llmserve.server.errors import error_payload
+
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
 
@@ -20,6 +25,15 @@ def sse(payload: BaseModel | dict[str, Any]) -> str:
     else:
         data = json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n"
+
+
+def error_event(exc: BaseException, stream_id: str) -> str:
+    """A failure after the 200 was sent, reported in-band (the stream then ends with [DONE])."""
+    if isinstance(exc, LLMServeError):
+        logger.warning("stream %s failed: %s", stream_id, exc.message)
+        return sse(error_payload(exc))
+    logger.error("stream %s failed", stream_id, exc_info=exc)
+    return sse({"error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}})
 
 
 class ClientGone(Exception):

@@ -14,14 +14,11 @@ from llmserve.engines.hf.scheduler import Scheduler
 from llmserve.engines.worker import LoopBridge
 from llmserve.errors import ModelLoading
 from llmserve.settings import ModelSettings
-from llmserve.types import Capabilities, Delta, EngineStats, GenerationRequest, Message
+from llmserve.types import ALL_SAMPLING, Capabilities, Delta, EngineStats, GenerationRequest, Message
 
 logger = logging.getLogger(__name__)
 
-SAMPLING = frozenset({
-    "temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
-    "presence_penalty", "frequency_penalty", "repetition_penalty",
-})
+SAMPLING = ALL_SAMPLING  # every SamplingParams field is honoured
 
 
 class HFEngine(Engine):

@@ -28,14 +28,21 @@ from llmserve.engines.base import Engine
 from llmserve.engines.vllm.convert import hf_dir_for
 from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
-from llmserve.types import Capabilities, Delta, EngineStats, FinishReason, GenerationRequest, Message, SamplingParams, Usage
+from llmserve.types import (
+    ALL_SAMPLING,
+    Capabilities,
+    Delta,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    SamplingParams,
+    Usage,
+)
 
 logger = logging.getLogger(__name__)
 
-SAMPLING = frozenset({
-    "temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
-    "presence_penalty", "frequency_penalty", "repetition_penalty",
-})
+SAMPLING = ALL_SAMPLING  # every SamplingParams field is honoured
 DEFAULT_KV_BYTES = 1 << 30
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 

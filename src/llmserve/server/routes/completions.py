@@ -12,15 +12,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from llmserve.chat_model import AsyncChatModel
-from llmserve.errors import InvalidRequest, LLMServeError
+from llmserve.errors import InvalidRequest
 from llmserve.server.auth import require_api_key
 from llmserve.server.convert import sampling_from, usage_info
 from llmserve.server.deps import get_model
-from llmserve.server.errors import error_payload
 from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import CompletionChoice, CompletionRequest, TextCompletion
 from llmserve.server.ratelimit import rate_limit
-from llmserve.server.sse import DONE, ClientGone, sse, until_disconnect
+from llmserve.server.sse import DONE, ClientGone, error_event, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
@@ -158,12 +157,8 @@ async def _events(completion_id: str, model_name: str, streams: list[AsyncIterat
         if include_usage:
             yield sse(TextCompletion(id=completion_id, created=created, model=model_name, choices=[],
                                      usage=usage_info(_total(usages))))
-    except LLMServeError as exc:  # after the 200: report in-band, then end the stream properly
-        logger.warning("stream %s failed: %s", completion_id, exc.message)
-        yield sse(error_payload(exc))
-    except Exception:
-        logger.exception("stream %s failed", completion_id)
-        yield sse({"error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}})
+    except Exception as exc:  # after the 200: report in-band, then end the stream properly
+        yield error_event(exc, completion_id)
     finally:
         await merged.aclose()
     yield DONE

@@ -10,11 +10,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from llmserve.errors import LLMServeError
 from llmserve.server.auth import require_api_key
 from llmserve.server.convert import chat_sampling, to_message, usage_info
 from llmserve.server.deps import get_model, get_registry
-from llmserve.server.errors import error_payload
 from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import (
     AssistantMessage,
@@ -28,7 +26,7 @@ from llmserve.server.protocol import (
     ModelList,
 )
 from llmserve.server.ratelimit import rate_limit
-from llmserve.server.sse import DONE, ClientGone, sse, until_disconnect
+from llmserve.server.sse import DONE, ClientGone, error_event, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
@@ -106,12 +104,8 @@ async def _chat_events(
             yield sse(ChatCompletionChunk(
                 id=completion_id, created=created, model=model_name, choices=[], usage=usage_info(usage),
             ))
-    except LLMServeError as exc:  # after the 200: report in-band, then end the stream properly
-        logger.warning("stream %s failed: %s", completion_id, exc.message)
-        yield sse(error_payload(exc))
-    except Exception:
-        logger.exception("stream %s failed", completion_id)
-        yield sse({"error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}})
+    except Exception as exc:  # after the 200: report in-band, then end the stream properly
+        yield error_event(exc, completion_id)
     finally:
         await deltas.aclose()
     yield DONE
