@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import llama_cpp as ll
 
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
-from llmserve.engines.llamacpp.sampler import build_sampler, free_sampler
+from llmserve.engines.llamacpp.sampler import BatchSampler, SequenceSampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
 from llmserve.errors import EngineError, LLMServeError
 from llmserve.types import Delta, FinishReason, Usage
@@ -33,7 +33,7 @@ class Sequence(Queued):
     n_cached: int = 0
     generated: list[int] = field(default_factory=list)
     pending: int | None = None  # sampled, emitted, not yet decoded
-    sampler: object = None
+    sampler: SequenceSampler | None = None
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
 
@@ -65,6 +65,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self.slots = [Slot(i) for i in range(n_slots)]
         self.n_batch = ctx.n_batch
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        self._sampler = BatchSampler(model.n_vocab, n_slots)
 
     def stop(self) -> None:
         super().stop()
@@ -102,7 +103,8 @@ class Scheduler(WorkerLoop[Sequence]):
             del slot.tokens[keep:]
             seq.slot, slot.seq = slot, seq
             seq.n_prefilled = seq.n_cached = keep
-            seq.sampler = build_sampler(seq.request.sampling, n_vocab=self.model.n_vocab, penalty_window=self.ctx.n_ctx_seq)
+            seq.sampler = SequenceSampler(seq.request.sampling, n_vocab=self.model.n_vocab,
+                                          penalty_window=self.ctx.n_ctx_seq)
             self._started([seq])
 
     def _fill_batch(self) -> tuple[list[tuple[Sequence, int]], list[tuple[Sequence, int, int]]]:
@@ -163,8 +165,8 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.n_prefilled += length
             if idx >= 0:
                 sample.append((seq, idx))
-        for seq, idx in sample:
-            token = ll.llama_sampler_sample(seq.sampler, self.ctx.ptr, idx)
+        tokens = self._sampler.sample(self.ctx.ptr, [(seq.sampler, idx) for seq, idx in sample])
+        for (seq, _), token in zip(sample, tokens):
             out.append((seq, self._advance(seq, token)))
 
     def _advance(self, seq: Sequence, token: int) -> Delta:
@@ -199,7 +201,7 @@ class Scheduler(WorkerLoop[Sequence]):
             return
         seq.slot = None
         if seq.sampler is not None:
-            free_sampler(seq.sampler)
+            seq.sampler.close()
             seq.sampler = None
         self._forget(seq, waiting=False)
 
