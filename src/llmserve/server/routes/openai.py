@@ -26,7 +26,7 @@ from llmserve.server.protocol import (
     ModelList,
 )
 from llmserve.server.ratelimit import rate_limit
-from llmserve.server.sse import DONE, ClientGone, error_event, sse, until_disconnect
+from llmserve.server.sse import DONE, ClientGone, TextEvents, error_event, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
@@ -88,13 +88,17 @@ async def _chat_events(
             choices=[ChunkChoice(delta=delta, finish_reason=finish)],
         ))
 
+    content = TextEvents(ChatCompletionChunk(
+        id=completion_id, created=created, model=model_name,
+        choices=[ChunkChoice(delta=DeltaMessage(content=TextEvents.MARK))],
+    ))
     usage: Usage | None = None
     try:
         yield chunk(DeltaMessage(role="assistant", content=""))
         delta: Delta | None = first
         while delta is not None:
             if delta.text:
-                yield chunk(DeltaMessage(content=delta.text))
+                yield content(delta.text)
             if delta.finish_reason is not None:
                 usage = delta.usage
                 yield chunk(DeltaMessage(), delta.finish_reason.value)
