@@ -21,7 +21,7 @@ from llmserve.engines.vllm.convert import hf_dir_for
 from llmserve.models import bundled_model_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import PROMPTS, free_port, ratio, server  # noqa: E402
+from serve_bench import PROMPTS, field_ratio, free_port, server  # noqa: E402
 
 KV_BYTES = 1 << 30
 
@@ -46,19 +46,19 @@ def main() -> int:
     port = free_port()
     ours = [sys.executable, "-m", "llmserve", "serve", "--engine", "vllm", "--port", str(port), "--parallel", "8",
             "--ctx-size", "2048", "--max-queue", "256", "--log-level", "warning"]
-    with server(ours, port, health="/health") as url:
+    with server("llmserve+vllm", ours, port, "/health") as (url, _):
         sweep("llmserve+vllm", url)
     port = free_port()
     theirs = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--port", str(port),
               "--dtype", "bfloat16", "--enforce-eager", "--max-num-seqs", "8", "--max-model-len", "2048",
               "--kv-cache-memory-bytes", str(KV_BYTES), "--served-model-name", "smollm2"]
-    with server(theirs, port, health="/health") as url:
+    with server("vllm-server", theirs, port, "/health") as (url, _):
         sweep("vllm-server", url)
 
     report.print_table(results)
     for c in levels:
-        print(f"c={c}: tok/s llmserve+vllm / vllm-server {ratio(results, 'llmserve+vllm', 'vllm-server', c)}  "
-              f"TTFT p50 vllm-server / llmserve+vllm {ratio(results, 'vllm-server', 'llmserve+vllm', c, 'ttft_p50_ms')}"
+        print(f"c={c}: tok/s llmserve+vllm / vllm-server {field_ratio(results, 'llmserve+vllm', 'vllm-server', c, 'output_tok_s')}  "
+              f"TTFT p50 vllm-server / llmserve+vllm {field_ratio(results, 'vllm-server', 'llmserve+vllm', c, 'ttft_p50_ms')}"
               "  (target: llmserve's layer costs <= 3%: both >= 0.97x)")
     return 0
 
