@@ -36,6 +36,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0  # 1 disables
+    ignore_eos: bool = False  # generate past end-of-generation tokens, up to max_tokens (vLLM's)
 
     @property
     def greedy(self) -> bool:

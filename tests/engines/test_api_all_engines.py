@@ -114,6 +114,15 @@ def test_sampling_capabilities_are_honoured(api):
     assert text_of(chat(api, sea, temperature=0, max_tokens=32, presence_penalty=2.0)) != plain
 
 
+def test_ignore_eos_generates_up_to_max_tokens(api):
+    short = chat(api, FRANCE, temperature=0, max_tokens=40)  # "Paris" and the end-of-turn token
+    assert short["choices"][0]["finish_reason"] == "stop" and short["usage"]["completion_tokens"] < 40
+    out = chat(api, FRANCE, temperature=0, max_tokens=40, ignore_eos=True)
+    assert out["choices"][0]["finish_reason"] == "length"
+    assert out["usage"]["completion_tokens"] == 40
+    assert text_of(out).startswith(text_of(short))
+
+
 class LimitedView:
     """The served engine, claiming fewer sampling parameters than it has (no engine lacks any yet)."""
 

@@ -32,8 +32,10 @@ def open_session(*, connections: int, timeout: float, api_key: str | None = None
     client CPU per streamed token against httpx's ~160: the load generator shares the machine
     with the server it measures, so its cost is kept small."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    # a connection per request: servers close idle keep-alive connections on their own terms
+    # (llama-server after 5 requests), and a reused one that was just closed fails the request
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections), headers=headers,
+        connector=aiohttp.TCPConnector(limit=connections, force_close=True), headers=headers,
         timeout=aiohttp.ClientTimeout(total=timeout), read_bufsize=1 << 16,
     )
 

@@ -132,6 +132,9 @@ class FakeEngine(Engine):
         answer = self._answer(request)
         n_prompt = len(request.prompt_tokens)
         budget = min(request.sampling.max_tokens or self.max_context, self.max_context - n_prompt)
+        if request.sampling.ignore_eos:  # the answer again and again, to the budget
+            words = [t for t in answer if t != 0] or [0]
+            answer = [words[i % len(words)] for i in range(budget)]
         for i, token in enumerate(answer):
             if request.request_id in self._aborted:
                 return

@@ -23,6 +23,7 @@ def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> Sam
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         repetition_penalty=body.repetition_penalty,
+        ignore_eos=body.ignore_eos,
     )
 
 

@@ -92,6 +92,7 @@ class SamplingFields(Strict):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="extension")
+    ignore_eos: bool = Field(False, description="extension (vLLM, llama-server): generate up to max_tokens")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

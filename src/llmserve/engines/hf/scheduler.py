@@ -134,7 +134,7 @@ class Scheduler(WorkerLoop[Sequence]):
     def _advance(self, seq: Sequence, token: int) -> Delta:
         """Account one sampled token; a finished sequence gets ``pending = None``."""
         seq.pending = None
-        if token in self.m.eos_ids:
+        if token in self.m.eos_ids and not seq.request.sampling.ignore_eos:
             return Delta(seq.detok.flush(), (token,), FinishReason.STOP, self._usage(seq, 1))
         seq.generated.append(token)
         seq.sampler.accept(token)

@@ -172,7 +172,7 @@ class Scheduler(WorkerLoop[Sequence]):
     def _advance(self, seq: Sequence, token: int) -> Delta:
         """Account one sampled token; finished sequences leave their slot (KV kept for reuse)."""
         n_prompt = len(seq.prompt)
-        if self.model.is_eog(token):
+        if self.model.is_eog(token) and not seq.request.sampling.ignore_eos:
             text = seq.decoder.decode(b"", final=True)
             return self._finish(seq, Delta(text, (token,), FinishReason.STOP, self._usage(seq, 1)))
         seq.generated.append(token)

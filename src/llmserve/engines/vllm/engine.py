@@ -59,6 +59,7 @@ def to_vllm(params: SamplingParams, max_tokens: int) -> VSamplingParams:
         presence_penalty=params.presence_penalty,
         frequency_penalty=params.frequency_penalty,
         repetition_penalty=params.repetition_penalty,
+        ignore_eos=params.ignore_eos,
         output_kind=RequestOutputKind.DELTA,
         skip_special_tokens=False,
     )
