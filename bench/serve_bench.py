@@ -1,7 +1,8 @@
 """Side-by-side serving benchmark on the bundled model, all measured in one run.
 
 Starts all of these at once (an idle server costs no CPU; the script checks), then drives them
-one at a time, never together (they would share the 2 cores), with the same streamed chat load:
+one at a time, never together (they would share the 2 cores), with the same streamed chat load
+(``ignore_eos``, so that every request is the same work: --max-tokens new tokens):
 
   llmserve          `llmserve serve` (llama.cpp engine, continuous batching)
   llama-server      llama.cpp's C++ server, built from the source llama-cpp-python vendors
@@ -144,7 +145,7 @@ def check_idle(pids: list[int], seconds: float = 3.0) -> None:
 def http_send(client: aiohttp.ClientSession, url: str, model: str, params: BenchParams) -> Send:
     def send(index: int) -> Awaitable[RequestResult]:
         return stream_chat(client, url, model=model, messages=params.messages(index), max_tokens=params.max_tokens,
-                           temperature=params.temperature)
+                           temperature=params.temperature, extra_body=params.extra_body)
 
     return send
 
@@ -156,7 +157,7 @@ def in_process_send(model, params: BenchParams) -> Send:
         start = last = time.perf_counter()
         ttft, gaps, tokens = None, [], 0
         async for delta in model.astream_deltas(params.messages(index), max_tokens=params.max_tokens,
-                                                temperature=params.temperature):
+                                                temperature=params.temperature, **params.extra_body):
             if delta.text:
                 now = time.perf_counter()
                 if ttft is None:
@@ -266,6 +267,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--ctx-size", type=int, default=8192)
+    ap.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+                    help="every request generates exactly --max-tokens (as vLLM's benchmark does; default on). "
+                         "llama-cpp-python's server does not know the field and may stop early")
     ap.add_argument("--only", default=",".join(SERVERS), help="comma-separated subset of the servers to run")
     ap.add_argument("--json", default=None, help="also write the results (and every round's tok/s) as JSON here")
     ap.add_argument("--plot", default=None, help="also draw throughput and TTFT here (PNG)")
@@ -273,7 +277,8 @@ def main() -> int:
     args.only = set(args.only.split(","))
     levels = tuple(int(c) for c in args.concurrency.split(","))
     params = BenchParams(concurrency=levels, requests=args.requests, max_tokens=args.max_tokens,
-                         prompts=PROMPTS, temperature=args.temperature, warmup=2)
+                         prompts=PROMPTS, temperature=args.temperature, warmup=2,
+                         extra_body={"ignore_eos": True} if args.ignore_eos else {})
     with ExitStack() as stack:
         urls, pids = {}, []
         for label, (cmd, health) in server_commands(args, str(bundled_model_path())).items():
