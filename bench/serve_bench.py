@@ -40,7 +40,7 @@ from pathlib import Path
 import aiohttp
 
 from llmserve.bench import report
-from llmserve.bench.client import RequestResult, first_model, open_session, stream_chat
+from llmserve.bench.client import RequestResult, StreamClock, first_model, open_session, stream_chat
 from llmserve.bench.runner import BenchParams, LevelResult, Target, drive, summarize
 from llmserve.models import bundled_model_path
 
@@ -154,20 +154,14 @@ def in_process_send(model, params: BenchParams) -> Send:
     """The same load straight into AsyncChatModel: what HTTP and SSE cost is the difference."""
 
     async def send(index: int) -> RequestResult:
-        start = last = time.perf_counter()
-        ttft, gaps, tokens = None, [], 0
+        clock, tokens = StreamClock(), 0
         async for delta in model.astream_deltas(params.messages(index), max_tokens=params.max_tokens,
                                                 temperature=params.temperature, **params.extra_body):
             if delta.text:
-                now = time.perf_counter()
-                if ttft is None:
-                    ttft = now - start
-                else:
-                    gaps.append(now - last)
-                last = now
+                clock.content()
             if delta.usage is not None:
                 tokens = delta.usage.completion_tokens
-        return RequestResult(True, time.perf_counter() - start, ttft, gaps, tokens)
+        return clock.result(tokens=tokens)
 
     return send
 

@@ -21,6 +21,31 @@ class RequestResult:
     error: str | None = None
 
 
+@dataclass
+class StreamClock:
+    """Times one stream from its creation: first content, gaps between content chunks."""
+
+    start: float = field(default_factory=time.perf_counter)
+    ttft: float | None = None
+    gaps: list[float] = field(default_factory=list)
+    chunks: int = 0
+    _last: float = 0.0
+
+    def content(self) -> None:
+        now = time.perf_counter()
+        if self.ttft is None:
+            self.ttft = now - self.start
+        else:
+            self.gaps.append(now - self._last)
+        self._last = now
+        self.chunks += 1
+
+    def result(self, *, tokens: int | None = None, error: str | None = None) -> RequestResult:
+        """Failed when ``error`` is given; ``tokens`` defaults to the content chunks seen."""
+        return RequestResult(error is None, time.perf_counter() - self.start, self.ttft, self.gaps,
+                             self.chunks if tokens is None else tokens, error)
+
+
 def base_url(url: str) -> str:
     """``http://host:port``, whether or not the user wrote ``/v1`` after it."""
     url = url.rstrip("/")
@@ -61,17 +86,13 @@ async def stream_chat(
         "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
         "stream": True, "stream_options": {"include_usage": True}, **(extra_body or {}),
     }
-    start = time.perf_counter()
-    ttft: float | None = None
-    last = start
-    gaps: list[float] = []
-    chunks = 0
+    clock = StreamClock()
     usage_tokens: int | None = None
     try:
         async with session.post(base_url(url) + "/v1/chat/completions", json=body) as r:
             if r.status != 200:
                 text = (await r.read()).decode("utf-8", "replace")
-                return RequestResult(False, time.perf_counter() - start, error=f"HTTP {r.status}: {text[:200]}")
+                return clock.result(error=f"HTTP {r.status}: {text[:200]}")
             async for line in r.content:
                 if not line.startswith(b"data:"):
                     continue
@@ -80,21 +101,12 @@ async def stream_chat(
                     break
                 event = json.loads(data)
                 if "error" in event:
-                    return RequestResult(False, time.perf_counter() - start, ttft, gaps, chunks,
-                                         error=str(event["error"].get("message", event["error"]))[:200])
+                    return clock.result(error=str(event["error"].get("message", event["error"]))[:200])
                 if event.get("usage"):
                     usage_tokens = event["usage"].get("completion_tokens")
                 for choice in event.get("choices") or ():
                     if (choice.get("delta") or {}).get("content"):
-                        now = time.perf_counter()
-                        if ttft is None:
-                            ttft = now - start
-                        else:
-                            gaps.append(now - last)
-                        last = now
-                        chunks += 1
+                        clock.content()
     except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
-        return RequestResult(False, time.perf_counter() - start, ttft, gaps, chunks,
-                             error=f"{type(exc).__name__}: {exc}"[:200])
-    tokens = usage_tokens if usage_tokens is not None else chunks
-    return RequestResult(True, time.perf_counter() - start, ttft, gaps, tokens)
+        return clock.result(error=f"{type(exc).__name__}: {exc}"[:200])
+    return clock.result(tokens=usage_tokens)
