@@ -4,10 +4,14 @@ Starts all of these at once (an idle server costs no CPU; the script checks), th
 one at a time, never together (they would share the 2 cores), with the same streamed chat load
 (``ignore_eos``, so that every request is the same work: --max-tokens new tokens):
 
-  llmserve          `llmserve serve` (llama.cpp engine, continuous batching)
+  llmserve          `llmserve serve` (llama.cpp engine, continuous batching), on the llama.cpp
+                    build `make` installs (with llmserve's patches, patches/llama.cpp)
+  llmserve-stock    the same server on llama-server's stock llama.cpp libraries
+                    (LLAMA_CPP_LIB_PATH): the server layer alone, without the patches
   llama-server      llama.cpp's C++ server, built from the source llama-cpp-python vendors
                     (bench/build_llama_server.sh; cached)
-  llama-cpp-python  `python -m llama_cpp.server` (interrupt_requests=False, as the issue asks)
+  llama-cpp-python  `python -m llama_cpp.server` (interrupt_requests=False, as the issue asks),
+                    on the stock libraries too, as its users install it
   in-process        llmserve's engine through AsyncChatModel, no HTTP
 
 A shared 2-core machine drifts by several percent within minutes, so each concurrency level is
@@ -45,7 +49,7 @@ from llmserve.bench.runner import BenchParams, LevelResult, Target, drive, summa
 from llmserve.models import bundled_model_path
 
 HERE = Path(__file__).resolve().parent
-SERVERS = ("llmserve", "llama-server", "llama-cpp-python", "in-process")
+SERVERS = ("llmserve", "llmserve-stock", "llama-server", "llama-cpp-python", "in-process")
 PROMPTS = (
     "Write a long story about a lighthouse keeper who finds a message in a bottle.",
     "Explain in detail how a steam engine works.",
@@ -68,10 +72,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(label: str, cmd: list[str], port: int, health: str):
-    """Runs ``cmd`` until the block ends; yields (url, pid) once ``health`` answers 200."""
+def server(label: str, cmd: list[str], port: int, health: str, env: dict[str, str] | None = None):
+    """Runs ``cmd`` (``env`` added to ours) until the block ends; yields (url, pid) once
+    ``health`` answers 200."""
     with open(HERE / f".server-{label}.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 180
@@ -96,23 +101,26 @@ def server(label: str, cmd: list[str], port: int, health: str):
                 proc.kill()
 
 
-def server_commands(args: argparse.Namespace, model: str) -> dict[str, tuple[list[str], str]]:
-    """label -> (command line with ``{port}``, health path), for the servers asked for."""
-    out: dict[str, tuple[list[str], str]] = {}
+def server_commands(args: argparse.Namespace, model: str) -> dict[str, tuple[list[str], str, dict[str, str]]]:
+    """label -> (command line with ``{port}``, health path, extra environment), for the servers asked for."""
+    out: dict[str, tuple[list[str], str, dict[str, str]]] = {}
     t, np_, ctx = str(args.threads), str(args.parallel), str(args.ctx_size)
+    binary = subprocess.run(["bash", str(HERE / "build_llama_server.sh")], check=True, capture_output=True,
+                            text=True).stdout.strip().splitlines()[-1]
+    stock = {"LLAMA_CPP_LIB_PATH": str(Path(binary).parent.parent / "lib")}  # llama-server's own libraries
+    llmserve = [sys.executable, "-m", "llmserve", "serve", "--port", "{port}", "--threads", t, "--parallel", np_,
+                "--ctx-size", ctx, "--log-level", "warning", "--max-queue", "256"]
     if "llmserve" in args.only:
-        out["llmserve"] = ([sys.executable, "-m", "llmserve", "serve", "--port", "{port}", "--threads", t,
-                            "--parallel", np_, "--ctx-size", ctx, "--log-level", "warning", "--max-queue", "256"],
-                           "/health")
+        out["llmserve"] = (llmserve, "/health", {})
+    if "llmserve-stock" in args.only:
+        out["llmserve-stock"] = (llmserve, "/health", stock)
     if "llama-server" in args.only:
-        binary = subprocess.run(["bash", str(HERE / "build_llama_server.sh")], check=True, capture_output=True,
-                                text=True).stdout.strip().splitlines()[-1]
         out["llama-server"] = ([binary, "-m", model, "--port", "{port}", "-t", t, "-tb", t, "-np", np_, "-c", ctx,
-                                "--no-webui", "--log-disable"], "/health")
+                                "--no-webui", "--log-disable"], "/health", {})
     if "llama-cpp-python" in args.only:
         out["llama-cpp-python"] = ([sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", "{port}",
                                     "--n_threads", t, "--n_ctx", "2048", "--interrupt_requests", "False"],
-                                   "/v1/models")
+                                   "/v1/models", stock)
     return out
 
 
@@ -233,6 +241,10 @@ def print_ratios(args: argparse.Namespace, rounds: Rounds, results: list[LevelRe
     print(f"\nratios (output tok/s unless noted), temperature {args.temperature}, {args.max_tokens} new tokens, "
           f"{args.threads} threads, {args.rounds} rounds:")
     print(f"  c={c}: llmserve / llama-server      {ratio(rounds, 'llmserve', 'llama-server', c)}   (target >= 1.1x)")
+    print(f"  c={c}:   of which the server layer: llmserve-stock / llama-server  "
+          f"{ratio(rounds, 'llmserve-stock', 'llama-server', c)}")
+    print(f"  c={c}:   and llmserve's llama.cpp patch: llmserve / llmserve-stock  "
+          f"{ratio(rounds, 'llmserve', 'llmserve-stock', c)}")
     print(f"  c={c}: llmserve / llama-cpp-python  {ratio(rounds, 'llmserve', 'llama-cpp-python', c)}   "
           "(target >= 3x)")
     print(f"  c={c}: TTFT p50 llama-server / llmserve  "
@@ -275,10 +287,10 @@ def main() -> int:
                          extra_body={"ignore_eos": True} if args.ignore_eos else {})
     with ExitStack() as stack:
         urls, pids = {}, []
-        for label, (cmd, health) in server_commands(args, str(bundled_model_path())).items():
+        for label, (cmd, health, env) in server_commands(args, str(bundled_model_path())).items():
             port = free_port()
             print(f"-- starting {label}", file=sys.stderr)
-            url, pid = stack.enter_context(server(label, [a.format(port=port) for a in cmd], port, health))
+            url, pid = stack.enter_context(server(label, [a.format(port=port) for a in cmd], port, health, env))
             urls[label] = url
             pids.append(pid)
         check_idle(pids)
