@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds llama-cpp-python from its PyPI sdist with llmserve's llama.cpp patches (patches/llama.cpp)
 # applied, caches the wheel, and prints its path. llama-cpp-python is sdist-only anyway, so this
-# replaces pip's own compile (about 7 minutes on 2 cores) rather than adding one; later calls on
+# replaces pip's own compile (about 5 minutes on 2 cores) rather than adding one; later calls on
 # the same machine print the cached wheel at once.
 #
 #   scripts/build-llama-cpp-python.sh [python]     (default: python3)
@@ -25,7 +25,7 @@ fi
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-echo "building llama-cpp-python $VERSION with llmserve's llama.cpp patches (once; ~7 min on 2 cores)" >&2
+echo "building llama-cpp-python $VERSION with llmserve's llama.cpp patches (once; ~5 min on 2 cores)" >&2
 "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$WORK" >&2
 tar xzf "$WORK/llama_cpp_python-$VERSION.tar.gz" -C "$WORK"
 SRC="$WORK/llama_cpp_python-$VERSION"

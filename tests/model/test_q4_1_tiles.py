@@ -45,7 +45,7 @@ def decode_logits(model: LlamaModel, ctx: LlamaContext, n_seq: int, steps: int) 
     ll.llama_memory_clear(ll.llama_get_memory(ctx.ptr), True)
     batch = ll.llama_batch_init(512, 0, 1)
     try:
-        n, rows, lens = 0, [], []
+        n, next_tokens, lens = 0, [], []
         for s in range(n_seq):
             toks = model.tokenize(f"<|im_start|>user\n{QUESTIONS[s]}<|im_end|>\n<|im_start|>assistant\n")
             for i, t in enumerate(toks):
@@ -57,7 +57,7 @@ def decode_logits(model: LlamaModel, ctx: LlamaContext, n_seq: int, steps: int) 
         for step in range(steps + 1):
             if step:
                 for s in range(n_seq):
-                    batch.token[s], batch.pos[s], batch.n_seq_id[s], batch.seq_id[s][0] = rows[s], lens[s] + step - 1, 1, s
+                    batch.token[s], batch.pos[s], batch.n_seq_id[s], batch.seq_id[s][0] = next_tokens[s], lens[s] + step - 1, 1, s
                     batch.logits[s] = True
                 n = n_seq
             batch.n_tokens = n
@@ -65,7 +65,7 @@ def decode_logits(model: LlamaModel, ctx: LlamaContext, n_seq: int, steps: int) 
             # the last n_seq outputs: each sequence's last prompt token, then its decoded token
             logits = np.stack([np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx.ptr, i), shape=(model.n_vocab,)).copy()
                                for i in range(-n_seq, 0)])
-            rows = [int(r.argmax()) for r in logits]  # greedy: both runs feed the same tokens if equal
+            next_tokens = [int(r.argmax()) for r in logits]  # greedy: both runs feed the same tokens if equal
             out.append(logits)
         return out
     finally:

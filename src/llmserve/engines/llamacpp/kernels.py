@@ -15,6 +15,7 @@ import llama_cpp as ll
 
 logger = logging.getLogger(__name__)
 
+
 def _ggml_cpu() -> ctypes.CDLL | None:
     """The ggml CPU backend as loaded by llama-cpp-python (from its lib dir or LLAMA_CPP_LIB_PATH).
 
