@@ -114,3 +114,23 @@ def test_bench_and_metrics_on_the_real_engine(llama_server, capsys):
     assert samples[("llmserve:request_queue_time_seconds_count", (("model_name", "smollm2"),))] >= 4
     assert samples[("llmserve:generation_tokens_total", (("model_name", "smollm2"),))] >= sum(
         r["output_tokens"] for r in rows)
+
+
+def test_bench_client_reports_the_prompt_tokens_the_server_reused(llama_server):
+    import asyncio
+
+    from llmserve.bench.client import open_session, stream_chat
+
+    turn1 = [{"role": "user", "content": "List five rivers of Europe, with a sentence about each one of them."}]
+
+    async def two_turns():
+        async with open_session(connections=1, timeout=120) as session:
+            first = await stream_chat(session, llama_server.url, model="smollm2", messages=turn1, max_tokens=8)
+            turn2 = turn1 + [{"role": "assistant", "content": "The Danube."}, {"role": "user", "content": "More?"}]
+            return first, await stream_chat(session, llama_server.url, model="smollm2", messages=turn2, max_tokens=4)
+
+    first, second = asyncio.run(two_turns())
+    assert first.ok and second.ok, (first.error, second.error)
+    assert isinstance(first.cached_tokens, int) and first.prompt_tokens > 40
+    # the second turn starts with the first one's whole prompt (system prompt + question: > 40 tokens)
+    assert second.cached_tokens > max(first.cached_tokens, 40)

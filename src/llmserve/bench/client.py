@@ -19,6 +19,8 @@ class RequestResult:
     itl: list[float] = field(default_factory=list)  # gaps between content chunks
     output_tokens: int = 0  # from the usage chunk, else one per content chunk
     error: str | None = None
+    prompt_tokens: int | None = None  # from the usage chunk
+    cached_tokens: int | None = None  # of those, the ones the server reused from its cache
 
 
 @dataclass
@@ -40,10 +42,14 @@ class StreamClock:
         self._last = now
         self.chunks += 1
 
-    def result(self, *, tokens: int | None = None, error: str | None = None) -> RequestResult:
-        """Failed when ``error`` is given; ``tokens`` defaults to the content chunks seen."""
+    def result(self, *, tokens: int | None = None, error: str | None = None,
+               usage: dict[str, Any] | None = None) -> RequestResult:
+        """Failed when ``error`` is given; ``tokens`` defaults to the content chunks seen;
+        ``usage``, an OpenAI usage object, gives the prompt and cached token counts."""
+        usage = usage or {}
         return RequestResult(error is None, time.perf_counter() - self.start, self.ttft, self.gaps,
-                             self.chunks if tokens is None else tokens, error)
+                             self.chunks if tokens is None else tokens, error, usage.get("prompt_tokens"),
+                             (usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
 
 
 def base_url(url: str) -> str:
@@ -87,7 +93,7 @@ async def stream_chat(
         "stream": True, "stream_options": {"include_usage": True}, **(extra_body or {}),
     }
     clock = StreamClock()
-    usage_tokens: int | None = None
+    usage: dict[str, Any] | None = None
     try:
         async with session.post(base_url(url) + "/v1/chat/completions", json=body) as r:
             if r.status != 200:
@@ -103,10 +109,10 @@ async def stream_chat(
                 if "error" in event:
                     return clock.result(error=str(event["error"].get("message", event["error"]))[:200])
                 if event.get("usage"):
-                    usage_tokens = event["usage"].get("completion_tokens")
+                    usage = event["usage"]
                 for choice in event.get("choices") or ():
                     if (choice.get("delta") or {}).get("content"):
                         clock.content()
     except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
         return clock.result(error=f"{type(exc).__name__}: {exc}"[:200])
-    return clock.result(tokens=usage_tokens)
+    return clock.result(tokens=(usage or {}).get("completion_tokens"), usage=usage)
