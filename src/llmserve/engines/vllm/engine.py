@@ -42,7 +42,6 @@ from llmserve.types import (
 
 logger = logging.getLogger(__name__)
 
-SAMPLING = ALL_SAMPLING  # every SamplingParams field is honoured
 DEFAULT_KV_BYTES = 1 << 30
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
@@ -186,7 +185,7 @@ class VLLMEngine(Engine):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(sampling=SAMPLING, max_context=self.max_context)
+        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context)  # every field honoured
 
     def stats(self) -> EngineStats:
         if self.llm is None:
