@@ -17,9 +17,38 @@ class FinishReason(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One function call an assistant made: ``arguments`` is the JSON text of the arguments."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+@dataclass(frozen=True)
 class Message:
-    role: str
+    role: str  # system | user | assistant | tool
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
+    tool_call_id: str | None = None  # role "tool": the call this message answers
+    name: str | None = None  # role "tool": the function's name, when the client sent it
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Structured output: what the completion must match, valid by construction.
+
+    ``kind``: ``json_schema`` (``spec`` is the schema's JSON text), ``json_object`` (any JSON
+    object; ``spec`` empty), ``regex``, ``choice`` (``spec`` is a JSON list of strings) or
+    ``grammar`` (a Lark grammar in llguidance's dialect, or GBNF). With ``trigger`` the
+    constraint is lazy: decoding is free until the completion contains ``trigger``, and from the
+    trigger on the text must match (tool calls under ``tool_choice: auto``).
+    ``llmserve.structured`` compiles it; the engines enforce it.
+    """
+
+    kind: str
+    spec: str = ""
+    trigger: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +93,7 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    constraint: Constraint | None = None
     timing: RequestTiming = field(default_factory=RequestTiming, compare=False, repr=False)
 
 
