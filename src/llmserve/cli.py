@@ -40,9 +40,12 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
                                 help=f"{field.description} [env {env}]")
             continue
         flag_type, choices = _flag_type(field.annotation)
+        # a bare boolean flag means true ("--allow-special-tokens-in-content"); "--web-ui false" still works
+        bare = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices,
             default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.get_default(call_default_factory=True)!r}]",
+            **bare,
         )
     parser.add_argument("--config", type=Path, default=None, help="YAML or TOML file with settings (lowest precedence).")
 

@@ -38,6 +38,8 @@ class ModelSettings(BaseModel):
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
+    allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
+    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
 
     def served_name(self) -> str:
         if self.name:
@@ -87,7 +89,13 @@ class Settings(BaseSettings):
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
+    allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
+    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
+    # -- request hardening (workpool.py, server/body.py) --
+    cpu_workers: int = Field(2, ge=1, le=64, description="Threads for the CPU work of requests (parsing large bodies, rendering chat templates, tokenizing), kept off the event loop.")
+    cpu_queue: int = Field(256, ge=1, description="Requests whose CPU work may wait for those threads; beyond that the server answers 503.")
+    max_json_depth: int = Field(64, ge=4, le=1000, description="Deepest nesting of arrays and objects a JSON body may have; deeper ones get 400.")
     # -- operations (metrics) --
     metrics_dir: str | None = Field(
         default_factory=lambda: os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
@@ -146,6 +154,8 @@ class Settings(BaseSettings):
                 queue_timeout=self.queue_timeout,
                 chat_template=self.chat_template,
                 flash_attn=self.flash_attn,
+                allow_special_tokens_in_content=self.allow_special_tokens_in_content,
+                watchdog_timeout=self.watchdog_timeout,
             )
         ]
 

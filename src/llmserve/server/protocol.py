@@ -298,6 +298,10 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
     tokens: list[int]
     token_strs: list[str] | None = None
+    content_special_tokens: Literal["text", "control"] = Field(
+        "control", description="How special-token strings the client wrote (e.g. '<|im_end|>') were "
+        "tokenized: 'text' (chat messages, the default: content cannot forge turns) or 'control' "
+        "(a raw prompt, or chat with --allow-special-tokens-in-content).")
 
 
 class DetokenizeRequest(Strict):

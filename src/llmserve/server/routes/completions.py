@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import InvalidRequest
 from llmserve.server.auth import require_api_key
+from llmserve.server.body import JSONBodyRoute
 from llmserve.server.convert import sampling_from, usage_info
 from llmserve.server.deps import get_model
 from llmserve.server.generation import collect, generation_stream
@@ -23,7 +24,7 @@ from llmserve.server.sse import DONE, ClientGone, error_event, sse, until_discon
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 MAX_PROMPTS = 64
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from llmserve.server.auth import require_api_key
+from llmserve.server.body import JSONBodyRoute
 from llmserve.server.convert import chat_sampling, to_message, usage_info
 from llmserve.server.deps import get_model, get_registry
 from llmserve.server.generation import collect, generation_stream
@@ -30,7 +31,7 @@ from llmserve.server.sse import DONE, ClientGone, TextEvents, error_event, sse, 
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 
 @router.get("/models")
@@ -49,9 +50,9 @@ async def list_models(request: Request) -> ModelList:
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
     model = get_model(request, body.model)
     sampling = chat_sampling(body)
-    prompt = model.render([to_message(m) for m in body.messages])
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    gen = model.build_request(prompt, sampling, request_id=completion_id)
+    # rendering and tokenizing run in the app's pool, never on the event loop
+    gen = await model.aprepare([to_message(m) for m in body.messages], sampling, request_id=completion_id)
     deltas = generation_stream(request, model, gen)
     logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
     if body.stream:

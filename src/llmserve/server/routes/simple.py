@@ -19,6 +19,7 @@ from starlette.requests import HTTPConnection
 from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import LLMServeError
 from llmserve.server.auth import require_api_key
+from llmserve.server.body import JSONBodyRoute
 from llmserve.server.convert import to_message
 from llmserve.server.deps import get_registry
 from llmserve.server.errors import error_payload
@@ -29,7 +30,7 @@ from llmserve.server.sse import ClientGone, until_disconnect
 from llmserve.types import Delta, GenerationRequest, SamplingParams, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 
 class SimpleChatRequest(Strict):
@@ -72,13 +73,13 @@ class SimpleChatRequest(Strict):
         return [{"role": "user", "content": self.text}]
 
 
-def start_generation(
+async def start_generation(
     conn: HTTPConnection, body: SimpleChatRequest
 ) -> tuple[AsyncChatModel, GenerationRequest, AsyncIterator[Delta]]:
-    """Validates and renders ``body``; the deltas charge their tokens to the caller's rate limit."""
+    """Validates and renders ``body`` (in the app's pool); the deltas charge their tokens to the
+    caller's rate limit."""
     model = get_registry(conn).get(body.model)
-    prompt = model.render(body.prompt_messages())
-    gen = model.build_request(prompt, body.sampling(), request_id=f"chat-{uuid.uuid4().hex}")
+    gen = await model.aprepare(body.prompt_messages(), body.sampling(), request_id=f"chat-{uuid.uuid4().hex}")
     logger.info("simple chat %s: %d prompt tokens", gen.request_id, len(gen.prompt_tokens))
     return model, gen, generation_stream(conn, model, gen)
 
@@ -93,7 +94,7 @@ def usage_dict(usage: Usage | None) -> dict[str, int] | None:
 @router.post("/chat", dependencies=[Depends(rate_limit)], response_model=None)
 async def chat(body: SimpleChatRequest, request: Request) -> Response | dict[str, Any]:
     """``{"result": text, "finish_reason": ..., "model": ..., "usage": {...}}``."""
-    model, gen, deltas = start_generation(request, body)
+    model, gen, deltas = await start_generation(request, body)
     try:
         text, last = await until_disconnect(request, collect(deltas))
     except ClientGone:
@@ -107,7 +108,7 @@ async def chat(body: SimpleChatRequest, request: Request) -> Response | dict[str
 async def chat_stream(body: SimpleChatRequest, request: Request) -> StreamingResponse:
     """SSE: ``data: {"text": piece}`` per token piece, then ``event: end`` with the finish reason
     and usage; a failure after the first event is an ``event: error`` just before the end."""
-    _, _, deltas = start_generation(request, body)
+    _, _, deltas = await start_generation(request, body)
     try:  # admission and the first token happen before the 200 is committed
         first = await anext(deltas)
     except BaseException:
