@@ -116,15 +116,20 @@ class FakeEngine(Engine):
     def _answer(self, request: GenerationRequest) -> list[int]:
         if request.sampling.greedy or self.reply is not None:
             text = self.reply if self.reply is not None else self._last_user(request)
-            return self.tokenize(text) + [0]
+            return self.tokenize(text, parse_special=False) + [0]
         rng = random.Random(request.sampling.seed)
         n = rng.randint(3, 12)
         return self.tokenize("".join(" " + rng.choice(_RANDOM_WORDS) for _ in range(n)).strip()) + [0]
 
     def _last_user(self, request: GenerationRequest) -> str:
-        prompt = self.detokenize(request.prompt_tokens)
-        turns = prompt.split("<|im_start|>user\n")
-        return turns[-1].split(EOS)[0] if len(turns) > 1 else prompt
+        """The content of the last user turn, found by control tokens (as a model reads turns)."""
+        ids = list(request.prompt_tokens)
+        opener = self.tokenize("<|im_start|>user")
+        starts = [i for i in range(len(ids)) if ids[i:i + len(opener)] == opener]
+        if not starts:
+            return self.detokenize(ids)
+        turn = ids[starts[-1] + len(opener):]
+        return self.detokenize(turn[:turn.index(0)] if 0 in turn else turn).removeprefix("\n")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         assert self._slots is not None, "engine not started"
