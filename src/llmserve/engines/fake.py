@@ -153,9 +153,10 @@ class FakeEngine(Engine):
             async for delta in self._decode(request, fault):
                 yield delta
         finally:
-            self._running.discard(request.request_id)
-            self._aborted.discard(request.request_id)
-            self._slots.release()
+            if self._progressing.is_set():  # a hung step never returns: its requests stay in it
+                self._running.discard(request.request_id)
+                self._aborted.discard(request.request_id)
+                self._slots.release()
 
     def _fault_for(self, request: GenerationRequest) -> str | None:
         if not self.faults:
