@@ -12,15 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-import pytest
 
 from tests.conftest import THREADS, free_port
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/reliability/" in str(item.fspath).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.reliability)
 
 
 @contextmanager

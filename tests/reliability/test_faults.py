@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import app_client, fake_model
 
+pytestmark = pytest.mark.reliability
+
 CHAT = "/v1/chat/completions"
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from tests.reliability.conftest import serve
 
+pytestmark = pytest.mark.reliability
+
 # 30 s with the template rendered and the prompt tokenized on the event loop; a few decode steps now
 MAX_GAP_S = 1.0
 

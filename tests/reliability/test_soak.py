@@ -15,6 +15,8 @@ import pytest
 
 from tests.reliability.conftest import serve
 
+pytestmark = pytest.mark.reliability
+
 CLIENTS = 32
 WARMUP_S = 8.0
 SOAK_S = 30.0
