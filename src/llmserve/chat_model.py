@@ -10,9 +10,11 @@ from contextlib import aclosing
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+from llmserve import sampling_defaults
 from llmserve.engines import create_engine
 from llmserve.engines.base import Engine
 from llmserve.errors import ContextLengthExceeded, InvalidRequest, ModelLoading, UnsupportedParameter
+from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.settings import ModelSettings
 from llmserve.stops import StopMatcher
 from llmserve.types import Completion, Delta, FinishReason, GenerationRequest, Message, SamplingParams, Usage
@@ -56,6 +58,8 @@ class AsyncChatModel:
         self.settings = settings
         self.engine = engine if isinstance(engine, Engine) else create_engine(settings)
         self.name = self.settings.served_name()
+        # what a request's unset sampling parameters become (settings, the model's own, built-ins)
+        self.sampling_defaults: SamplingDefaults = sampling_defaults.for_model(self.settings)
         self._started = False
 
     async def start(self) -> None:
@@ -136,7 +140,7 @@ class AsyncChatModel:
     async def astream_deltas(
         self, messages: MessagesLike, request_id: str | None = None, **sampling: Any
     ) -> AsyncIterator[Delta]:
-        request = self.build_request(self.render(messages), SamplingParams(**_sampling(sampling)), request_id)
+        request = self.build_request(self.render(messages), self.sampling_defaults.resolve(sampling), request_id)
         async with aclosing(self.agenerate(request)) as deltas:  # closing aborts in the engine
             async for delta in deltas:
                 yield delta
@@ -155,13 +159,6 @@ class AsyncChatModel:
                 parts.append(delta.text)
                 last = delta
         return Completion("".join(parts), last.finish_reason or FinishReason.STOP, last.usage or Usage())
-
-
-def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
-    if "stop" in kw:
-        stop = kw["stop"]
-        kw = {**kw, "stop": (stop,) if isinstance(stop, str) else tuple(stop or ())}
-    return kw
 
 
 class ChatModel:
@@ -193,6 +190,11 @@ class ChatModel:
     @property
     def engine(self) -> Engine:
         return self._model.engine
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """What the sampling keywords of ``chat`` / ``stream_chat`` default to for this model."""
+        return self._model.sampling_defaults
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 from llmserve.errors import UnsupportedParameter
+from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.server.protocol import ChatCompletionRequest, ChatMessage, SamplingFields, UsageInfo, PromptTokensDetails
 from llmserve.types import Message, SamplingParams, Usage
 
 
-def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> SamplingParams:
+def sampling_from(body: SamplingFields, defaults: SamplingDefaults, *, max_tokens: int | None = None) -> SamplingParams:
+    """The request's sampling: what it sets, the model's ``defaults`` for what it leaves unset."""
     name = body.unsupported()
     if name is not None:
         raise UnsupportedParameter(f"{name} is not supported by this server yet", param=name)
-    stop = body.stop
-    return SamplingParams(
+    return defaults.resolve(dict(
         temperature=body.temperature,
         top_p=body.top_p,
-        top_k=max(body.top_k, 0),
+        top_k=body.top_k,
         min_p=body.min_p,
         max_tokens=max_tokens if max_tokens is not None else body.max_tokens,
-        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        stop=body.stop,
         seed=body.seed,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         repetition_penalty=body.repetition_penalty,
         ignore_eos=body.ignore_eos,
-    )
+    ))
 
 
-def chat_sampling(body: ChatCompletionRequest) -> SamplingParams:
-    return sampling_from(body, max_tokens=body.max_completion_tokens or body.max_tokens)
+def chat_sampling(body: ChatCompletionRequest, defaults: SamplingDefaults) -> SamplingParams:
+    return sampling_from(body, defaults, max_tokens=body.max_completion_tokens or body.max_tokens)
 
 
 def to_message(m: ChatMessage) -> Message:

@@ -83,15 +83,16 @@ UNSUPPORTED_UNLESS_DEFAULT: dict[str, Any] = {
 class SamplingFields(Strict):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1, description="extension: 0 or -1 disables")
-    min_p: float = Field(0.0, ge=0.0, le=1.0, description="extension")
+    # sampling: unset (absent or null) takes the model's default (sampling_defaults.py, GET /v1/models)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 is greedy; unset: the model's default")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="unset: the model's default")
+    top_k: int | None = Field(None, ge=-1, description="extension: 0 or -1 disables; unset: the model's default")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="extension; unset: the model's default")
     stop: str | list[str] | None = None
     seed: int | None = None
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="extension")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="unset: the model's default")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="unset: the model's default")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="extension; unset: the model's default")
     ignore_eos: bool = Field(False, description="extension (vLLM, llama-server): generate up to max_tokens")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -214,6 +215,10 @@ class ModelCard(BaseModel):
     engine: str
     max_model_len: int
     capabilities: dict[str, Any] = Field(default_factory=dict)
+    sampling_defaults: dict[str, Any] = Field(
+        default_factory=dict, description="what a request's unset sampling parameters become for this model")
+    sampling_defaults_source: dict[str, str] = Field(
+        default_factory=dict, description="where each default comes from: settings, model (its own files) or llmserve")
 
 
 class ModelList(BaseModel):

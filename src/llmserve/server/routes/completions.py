@@ -31,7 +31,7 @@ MAX_PROMPTS = 64
 @router.post("/completions", response_model=None, dependencies=[Depends(rate_limit)])
 async def completions(body: CompletionRequest, request: Request) -> Response | TextCompletion:
     model = get_model(request, body.model)
-    sampling = sampling_from(body)
+    sampling = sampling_from(body, model.sampling_defaults)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     try:
         gens = [model.build_request(tokens, sampling, request_id=f"{completion_id}-{i}")

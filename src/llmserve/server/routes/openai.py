@@ -41,6 +41,8 @@ async def list_models(request: Request) -> ModelList:
         cards.append(ModelCard(
             id=model.name, engine=model.settings.engine, max_model_len=caps.max_context,
             capabilities={"sampling": sorted(caps.sampling), "ready": model.ready},
+            sampling_defaults=model.sampling_defaults.public(),
+            sampling_defaults_source=dict(model.sampling_defaults.sources),
         ))
     return ModelList(data=cards)
 
@@ -48,7 +50,7 @@ async def list_models(request: Request) -> ModelList:
 @router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)])
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
     model = get_model(request, body.model)
-    sampling = chat_sampling(body)
+    sampling = chat_sampling(body, model.sampling_defaults)
     prompt = model.render([to_message(m) for m in body.messages])
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     gen = model.build_request(prompt, sampling, request_id=completion_id)

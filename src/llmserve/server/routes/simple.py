@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 
 from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import LLMServeError
+from llmserve.sampling_defaults import DEFAULTABLE, SamplingDefaults
 from llmserve.server.auth import require_api_key
 from llmserve.server.convert import to_message
 from llmserve.server.deps import get_registry
@@ -39,15 +40,16 @@ class SimpleChatRequest(Strict):
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    # sampling: unset (absent or null) takes the model's default (sampling_defaults.py)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
     stop: str | list[str] | None = Field(None)
     seed: int | None = None
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> SimpleChatRequest:
@@ -57,14 +59,9 @@ class SimpleChatRequest(Strict):
             raise ValueError("stop takes at most 16 sequences")
         return self
 
-    def sampling(self) -> SamplingParams:
-        stop = self.stop
-        return SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, top_k=max(self.top_k, 0), min_p=self.min_p,
-            max_tokens=self.max_tokens, stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-            seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
-        )
+    def sampling(self, defaults: SamplingDefaults) -> SamplingParams:
+        """What the body sets, the model's ``defaults`` for the rest."""
+        return defaults.resolve(self.model_dump(include=set(DEFAULTABLE)))
 
     def prompt_messages(self) -> list[Any]:
         if self.messages is not None:
@@ -78,7 +75,7 @@ def start_generation(
     """Validates and renders ``body``; the deltas charge their tokens to the caller's rate limit."""
     model = get_registry(conn).get(body.model)
     prompt = model.render(body.prompt_messages())
-    gen = model.build_request(prompt, body.sampling(), request_id=f"chat-{uuid.uuid4().hex}")
+    gen = model.build_request(prompt, body.sampling(model.sampling_defaults), request_id=f"chat-{uuid.uuid4().hex}")
     logger.info("simple chat %s: %d prompt tokens", gen.request_id, len(gen.prompt_tokens))
     return model, gen, generation_stream(conn, model, gen)
 

@@ -266,7 +266,7 @@ class ChatSession:
         request = validated(ChatCompletionRequest, {**body, "stream": True})
         await admit(self.websocket, self.identity)
         model = get_registry(self.websocket).get(request.model)
-        sampling = chat_sampling(request)
+        sampling = chat_sampling(request, model.sampling_defaults)
         prompt = model.render([to_message(m) for m in request.messages])
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         gen = model.build_request(prompt, sampling, request_id=completion_id)
