@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from llmserve.errors import UnsupportedParameter
 from llmserve.sampling_defaults import SamplingDefaults
-from llmserve.server.protocol import ChatCompletionRequest, ChatMessage, SamplingFields, UsageInfo, PromptTokensDetails
+from llmserve.server.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    PromptTokensDetails,
+    SamplingFields,
+    TextPart,
+    UsageInfo,
+)
 from llmserve.types import Message, SamplingParams, Usage
 
 
@@ -33,9 +40,28 @@ def chat_sampling(body: ChatCompletionRequest, defaults: SamplingDefaults) -> Sa
 
 
 def to_message(m: ChatMessage) -> Message:
-    content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
+    parts = m.content if isinstance(m.content, list) else []
+    if any(not isinstance(p, TextPart) for p in parts):
+        raise UnsupportedParameter("only text content parts are supported", param="messages")
+    content = m.content if isinstance(m.content, str) else "".join(p.text for p in parts)
     # "developer" is OpenAI's newer name for the system role
     return Message("system" if m.role == "developer" else m.role, content)
+
+
+PART_KINDS = {"image_url": "image", "input_audio": "audio", "file": "file"}
+
+
+def to_messages(messages: list[ChatMessage], model_name: str) -> list[Message]:
+    """``to_message`` of each, refusing with a 400 that names it a content part the model cannot
+    take ("messages[0].content[1]: image input is not supported by model 'm'")."""
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.content if isinstance(m.content, list) else ()):
+            if not isinstance(part, TextPart):
+                where = f"messages[{i}].content[{j}]"
+                raise UnsupportedParameter(
+                    f"{where}: {PART_KINDS.get(part.type, part.type)} input is not supported by model {model_name!r}",
+                    param=where)
+    return [to_message(m) for m in messages]
 
 
 def usage_info(usage: Usage | None) -> UsageInfo:

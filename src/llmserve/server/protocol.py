@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 
 def _id(prefix: str) -> str:
@@ -39,10 +39,57 @@ class TextPart(Strict):
     text: str
 
 
+# Parts OpenAI defines that no engine here takes yet: accepted by the schema so that the answer is
+# a 400 naming the part and the model (server/convert.py), not a schema mismatch.
+class ImageURLPart(BaseModel):
+    type: Literal["image_url"]
+    image_url: dict[str, Any] | str
+
+
+class InputAudioPart(BaseModel):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(BaseModel):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+ContentPart = Annotated[TextPart | ImageURLPart | InputAudioPart | FilePart, Field(discriminator="type")]
+_CONTENT_PARTS: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
+
+
 class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[ContentPart]
     name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content_shape(cls, value: Any) -> Any:
+        """One clear error for a bad content (a string, or a list of typed parts), not one per union member."""
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("must be a string or an array of content parts")
+        try:
+            return _CONTENT_PARTS.validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = list(first["loc"])
+            index = loc.pop(0) if loc and isinstance(loc[0], int) else None
+            if loc and loc[0] in ("text", "image_url", "input_audio", "file") and len(loc) > 1:
+                loc.pop(0)  # the discriminator's tag
+            where = f"[{index}]" if index is not None else ""
+            if first["type"] == "union_tag_invalid":
+                kind = value[index].get("type") if index is not None and isinstance(value[index], dict) else None
+                raise ValueError(f"{where} unknown content part type {kind!r}; expected text, image_url, "
+                                 "input_audio or file") from None
+            if first["type"] == "union_tag_not_found":
+                raise ValueError(f"{where} a content part needs a 'type'") from None
+            field = ".".join(str(p) for p in loc)
+            raise ValueError(f"{where}{'.' + field if field else ''} {first['msg']}") from None
 
 
 class StreamOptions(Strict):

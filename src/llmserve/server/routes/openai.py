@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from llmserve.server.auth import require_api_key
-from llmserve.server.convert import chat_sampling, to_message, usage_info
+from llmserve.server.convert import chat_sampling, to_messages, usage_info
 from llmserve.server.deps import get_model, get_registry
 from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import (
@@ -25,12 +25,15 @@ from llmserve.server.protocol import (
     ModelCard,
     ModelList,
 )
+from llmserve.server.openapi import errors, success
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import DONE, ClientGone, TextEvents, error_event, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+CHUNKS = ("with stream: true, 'data: {chat.completion.chunk}' events, an 'error' event if the generation "
+          "fails after the first one, then 'data: [DONE]'")
 
 
 @router.get("/models")
@@ -47,11 +50,12 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)])
+@router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)],
+             responses={**success(ChatCompletion, stream=CHUNKS), **errors(404, 503)})
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
     model = get_model(request, body.model)
     sampling = chat_sampling(body, model.sampling_defaults)
-    prompt = model.render([to_message(m) for m in body.messages])
+    prompt = model.render(to_messages(body.messages, model.name))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     gen = model.build_request(prompt, sampling, request_id=completion_id)
     deltas = generation_stream(request, model, gen)

@@ -9,22 +9,23 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from starlette.requests import HTTPConnection
 
 from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import LLMServeError
 from llmserve.sampling_defaults import DEFAULTABLE, SamplingDefaults
 from llmserve.server.auth import require_api_key
-from llmserve.server.convert import to_message
+from llmserve.server.convert import to_messages
 from llmserve.server.deps import get_registry
 from llmserve.server.errors import error_payload
 from llmserve.server.protocol import ChatMessage, Strict
 from llmserve.server.generation import collect, generation_stream
+from llmserve.server.openapi import SSE, errors, success
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import ClientGone, until_disconnect
 from llmserve.types import Delta, GenerationRequest, SamplingParams, Usage
@@ -63,10 +64,30 @@ class SimpleChatRequest(Strict):
         """What the body sets, the model's ``defaults`` for the rest."""
         return defaults.resolve(self.model_dump(include=set(DEFAULTABLE)))
 
-    def prompt_messages(self) -> list[Any]:
+    def prompt_messages(self, model_name: str) -> list[Any]:
         if self.messages is not None:
-            return [to_message(m) for m in self.messages]
+            return to_messages(self.messages, model_name)
         return [{"role": "user", "content": self.text}]
+
+
+class SimpleUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class SimpleChatResponse(BaseModel):
+    """The answer of ``POST /chat``."""
+
+    result: str
+    finish_reason: Literal["stop", "length"] | None = None
+    model: str
+    usage: SimpleUsage | None = None
+
+
+STREAM_EVENTS = ("'data: {\"text\": piece}' per token piece, then 'event: end' with "
+                 "{\"finish_reason\", \"usage\"}; a failure after the first piece is an 'event: error' "
+                 "(the OpenAI error body) just before the end")
 
 
 def start_generation(
@@ -74,7 +95,7 @@ def start_generation(
 ) -> tuple[AsyncChatModel, GenerationRequest, AsyncIterator[Delta]]:
     """Validates and renders ``body``; the deltas charge their tokens to the caller's rate limit."""
     model = get_registry(conn).get(body.model)
-    prompt = model.render(body.prompt_messages())
+    prompt = model.render(body.prompt_messages(model.name))
     gen = model.build_request(prompt, body.sampling(model.sampling_defaults), request_id=f"chat-{uuid.uuid4().hex}")
     logger.info("simple chat %s: %d prompt tokens", gen.request_id, len(gen.prompt_tokens))
     return model, gen, generation_stream(conn, model, gen)
@@ -87,8 +108,9 @@ def usage_dict(usage: Usage | None) -> dict[str, int] | None:
             "total_tokens": usage.total_tokens}
 
 
-@router.post("/chat", dependencies=[Depends(rate_limit)], response_model=None)
-async def chat(body: SimpleChatRequest, request: Request) -> Response | dict[str, Any]:
+@router.post("/chat", dependencies=[Depends(rate_limit)], response_model=None,
+             responses={**success(SimpleChatResponse), **errors(404, 503)})
+async def chat(body: SimpleChatRequest, request: Request) -> Response | SimpleChatResponse:
     """``{"result": text, "finish_reason": ..., "model": ..., "usage": {...}}``."""
     model, gen, deltas = start_generation(request, body)
     try:
@@ -97,10 +119,14 @@ async def chat(body: SimpleChatRequest, request: Request) -> Response | dict[str
         logger.info("client left before %s finished; generation aborted", gen.request_id)
         return Response(status_code=499)
     reason = last.finish_reason.value if last.finish_reason else None
-    return {"result": text, "finish_reason": reason, "model": model.name, "usage": usage_dict(last.usage)}
+    return SimpleChatResponse(result=text, finish_reason=reason, model=model.name, usage=usage_dict(last.usage))
 
 
-@router.post("/chat_stream", dependencies=[Depends(rate_limit)], response_model=None)
+@router.post("/chat_stream", dependencies=[Depends(rate_limit)], response_model=None,
+             response_class=StreamingResponse,
+             responses={200: {"description": "Server-sent events",
+                              "content": {SSE: {"schema": {"type": "string", "description": STREAM_EVENTS}}}},
+                        **errors(404, 503)})
 async def chat_stream(body: SimpleChatRequest, request: Request) -> StreamingResponse:
     """SSE: ``data: {"text": piece}`` per token piece, then ``event: end`` with the finish reason
     and usage; a failure after the first event is an ``event: error`` just before the end."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from llmserve.server.auth import require_api_key
-from llmserve.server.convert import to_message
+from llmserve.server.convert import to_messages
 from llmserve.server.deps import get_model
+from llmserve.server.openapi import errors
 from llmserve.server.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -18,12 +19,12 @@ from llmserve.server.protocol import (
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=errors(404, 503))
 async def tokenize(body: TokenizePromptRequest | TokenizeChatRequest, request: Request) -> TokenizeResponse:
     model = get_model(request, body.model)
     engine = model.engine
     if isinstance(body, TokenizeChatRequest):
-        text = engine.render_chat([to_message(m) for m in body.messages],
+        text = engine.render_chat(to_messages(body.messages, model.name),
                                   add_generation_prompt=body.add_generation_prompt)
     else:
         text = body.prompt
@@ -33,7 +34,7 @@ async def tokenize(body: TokenizePromptRequest | TokenizeChatRequest, request: R
                             token_strs=strs)
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses=errors(404, 503))
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     model = get_model(request, body.model)
     return DetokenizeResponse(prompt=model.engine.detokenize(body.tokens))

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge
 from llmserve.server.auth import Identity, require_api_key
-from llmserve.server.convert import chat_sampling, to_message, usage_info
+from llmserve.server.convert import chat_sampling, to_messages, usage_info
 from llmserve.server.deps import get_rate_limiter, get_registry, get_settings
 from llmserve.server.errors import error_payload, error_response, validation_message
 from llmserve.server.protocol import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, DeltaMessage
@@ -267,7 +267,7 @@ class ChatSession:
         await admit(self.websocket, self.identity)
         model = get_registry(self.websocket).get(request.model)
         sampling = chat_sampling(request, model.sampling_defaults)
-        prompt = model.render([to_message(m) for m in request.messages])
+        prompt = model.render(to_messages(request.messages, model.name))
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         gen = model.build_request(prompt, sampling, request_id=completion_id)
         progress = self.progress.setdefault(str(req_id), [len(gen.prompt_tokens), 0])
