@@ -13,10 +13,12 @@ from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from llmserve import sampling_defaults
 from llmserve.content_text import ContentEscaper
 from llmserve.engines import create_engine
 from llmserve.engines.base import Engine
 from llmserve.errors import ContextLengthExceeded, EngineStalled, InvalidRequest, ModelLoading, UnsupportedParameter
+from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.settings import ModelSettings
 from llmserve.stops import StopMatcher
 from llmserve.types import Completion, Delta, FinishReason, GenerationRequest, Message, SamplingParams, Usage
@@ -65,6 +67,8 @@ class AsyncChatModel:
         self.name = self.settings.served_name()
         self.pool: WorkPool | None = None  # the server's pool for CPU work (None: the loop's default executor)
         self._escaper: ContentEscaper | None = None
+        # what a request's unset sampling parameters become (settings, the model's own, built-ins)
+        self.sampling_defaults: SamplingDefaults = sampling_defaults.for_model(self.settings)
         self._started = False
         self._watchdog: asyncio.Task | None = None
         self._waiters: set[asyncio.Task] = set()  # tasks waiting on the engine for a delta
@@ -267,7 +271,7 @@ class AsyncChatModel:
     async def astream_deltas(
         self, messages: MessagesLike, request_id: str | None = None, **sampling: Any
     ) -> AsyncIterator[Delta]:
-        request = await self.aprepare(messages, SamplingParams(**_sampling(sampling)), request_id)
+        request = await self.aprepare(messages, self.sampling_defaults.resolve(sampling), request_id)
         async with aclosing(self.agenerate(request)) as deltas:  # closing aborts in the engine
             async for delta in deltas:
                 yield delta
@@ -286,13 +290,6 @@ class AsyncChatModel:
                 parts.append(delta.text)
                 last = delta
         return Completion("".join(parts), last.finish_reason or FinishReason.STOP, last.usage or Usage())
-
-
-def _sampling(kw: dict[str, Any]) -> dict[str, Any]:
-    if "stop" in kw:
-        stop = kw["stop"]
-        kw = {**kw, "stop": (stop,) if isinstance(stop, str) else tuple(stop or ())}
-    return kw
 
 
 class ChatModel:
@@ -324,6 +321,11 @@ class ChatModel:
     @property
     def engine(self) -> Engine:
         return self._model.engine
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """What the sampling keywords of ``chat`` / ``stream_chat`` default to for this model."""
+        return self._model.sampling_defaults
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

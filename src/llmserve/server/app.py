@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from llmserve import __version__
 from llmserve.chat_model import AsyncChatModel
 from llmserve.server.errors import install_error_handlers
+from llmserve.server import openapi
 from llmserve.server.metrics import Metrics
 from llmserve.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from llmserve.server.registry import ModelRegistry
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     app.state.keystore = KeyStore(settings.key_db) if settings.key_db else None
     app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
+    openapi.install(app)
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(metrics.router)

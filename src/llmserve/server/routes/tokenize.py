@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends, Request
 
 from llmserve.server.auth import require_api_key
 from llmserve.server.body import JSONBodyRoute
-from llmserve.server.convert import to_message
+from llmserve.server.convert import to_messages
 from llmserve.server.deps import get_model
+from llmserve.server.openapi import errors
 from llmserve.server.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -19,7 +20,7 @@ from llmserve.server.protocol import (
 router = APIRouter(dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=errors(404, 503))
 async def tokenize(body: TokenizePromptRequest | TokenizeChatRequest, request: Request) -> TokenizeResponse:
     """A chat is rendered and tokenized as for generation (message content as text unless
     ``--allow-special-tokens-in-content``); a raw prompt parses its special-token strings, as
@@ -29,7 +30,7 @@ async def tokenize(body: TokenizePromptRequest | TokenizeChatRequest, request: R
 
     def work() -> tuple[list[int], list[str] | None]:
         if isinstance(body, TokenizeChatRequest):
-            prompt = model.render([to_message(m) for m in body.messages],
+            prompt = model.render(to_messages(body.messages, model.name),
                                   add_generation_prompt=body.add_generation_prompt)
             tokens = model.tokenize_prompt(prompt, add_special=body.add_special_tokens)
         else:
@@ -43,7 +44,7 @@ async def tokenize(body: TokenizePromptRequest | TokenizeChatRequest, request: R
                             token_strs=strs, content_special_tokens=mode)
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses=errors(404, 503))
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     model = get_model(request, body.model)
     return DetokenizeResponse(prompt=await model.run_blocking(model.engine.detokenize, body.tokens))

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge
 from llmserve.server.auth import Identity, require_api_key
 from llmserve.server.body import load_json, parse_off_loop
-from llmserve.server.convert import chat_sampling, to_message, usage_info
+from llmserve.server.convert import chat_sampling, to_messages, usage_info
 from llmserve.server.deps import get_rate_limiter, get_registry, get_settings
 from llmserve.server.errors import error_payload, error_response, validation_message
 from llmserve.server.protocol import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, DeltaMessage
@@ -270,9 +270,9 @@ class ChatSession:
         request = validated(ChatCompletionRequest, {**body, "stream": True})
         await admit(self.websocket, self.identity)
         model = get_registry(self.websocket).get(request.model)
-        sampling = chat_sampling(request)
+        sampling = chat_sampling(request, model.sampling_defaults)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = await model.aprepare([to_message(m) for m in request.messages], sampling, request_id=completion_id)
+        gen = await model.aprepare(to_messages(request.messages, model.name), sampling, request_id=completion_id)
         progress = self.progress.setdefault(str(req_id), [len(gen.prompt_tokens), 0])
         deltas = generation_stream(self.websocket, model, gen)
         logger.info("websocket chat %s: %d prompt tokens", completion_id, len(gen.prompt_tokens))
