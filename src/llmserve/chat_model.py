@@ -15,7 +15,16 @@ from llmserve.engines.base import Engine
 from llmserve.errors import ContextLengthExceeded, InvalidRequest, ModelLoading, UnsupportedParameter
 from llmserve.settings import ModelSettings
 from llmserve.stops import StopMatcher
-from llmserve.types import Completion, Delta, FinishReason, GenerationRequest, Message, SamplingParams, Usage
+from llmserve.types import (
+    Completion,
+    Constraint,
+    Delta,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    SamplingParams,
+    Usage,
+)
 
 MessagesLike = str | Sequence[Message | dict[str, Any]]
 
@@ -86,11 +95,17 @@ class AsyncChatModel:
             if f.name not in supported and getattr(sampling, f.name) != getattr(defaults, f.name):
                 raise UnsupportedParameter(f"{f.name} is not supported by the {self.settings.engine} engine", param=f.name)
 
-    def render(self, messages: MessagesLike) -> str:
+    def render(self, messages: MessagesLike, *, tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt; ``tools`` (OpenAI tool objects) are shown to the model (see ``structured.tools``)."""
+        if tools and self.engine.capabilities.tool_format is None:
+            raise UnsupportedParameter(f"tools are not supported by the {self.settings.engine} engine", param="tools")
+        if tools:
+            return self.engine.render_chat(to_messages(messages), tools=tools)
         return self.engine.render_chat(to_messages(messages))
 
     def build_request(
-        self, prompt: str | Sequence[int], sampling: SamplingParams, request_id: str | None = None
+        self, prompt: str | Sequence[int], sampling: SamplingParams, request_id: str | None = None,
+        constraint: Constraint | None = None,
     ) -> GenerationRequest:
         if not self._started:
             raise ModelLoading(f"model {self.name!r} is still loading", retry_after=5)
@@ -111,7 +126,7 @@ class AsyncChatModel:
                 "completion). Please reduce the length of the messages or completion.",
                 param="messages",
             )
-        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", tokens, sampling)
+        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", tokens, sampling, constraint)
 
     # -- generation ----------------------------------------------------------------------------
     async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:

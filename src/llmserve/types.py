@@ -134,6 +134,7 @@ class Capabilities:
     sampling: frozenset[str]
     max_context: int  # longest prompt + completion one request may use
     chat_template: bool = True
+    tool_format: str | None = None  # how the chat template shows tools and calls (structured/tools); None: no tools
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from llmserve.errors import UnsupportedParameter
-from llmserve.server.protocol import ChatCompletionRequest, ChatMessage, SamplingFields, UsageInfo, PromptTokensDetails
-from llmserve.types import Message, SamplingParams, Usage
+from llmserve.server.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    DeltaFunction,
+    DeltaMessage,
+    DeltaToolCall,
+    PromptTokensDetails,
+    SamplingFields,
+    ToolCallFunction,
+    ToolCallOut,
+    UsageInfo,
+)
+from llmserve.structured.tools import Arguments, CallStart, Content, Event, ToolRequest, tool_request
+from llmserve.types import Message, SamplingParams, ToolCall, Usage
 
 
 def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> SamplingParams:
@@ -32,9 +44,37 @@ def chat_sampling(body: ChatCompletionRequest) -> SamplingParams:
 
 
 def to_message(m: ChatMessage) -> Message:
-    content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
+    content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or ())
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
     # "developer" is OpenAI's newer name for the system role
-    return Message("system" if m.role == "developer" else m.role, content)
+    return Message("system" if m.role == "developer" else m.role, content, calls, m.tool_call_id, m.name)
+
+
+def chat_tools(body: ChatCompletionRequest) -> ToolRequest | None:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` as plain data (None: no tools)."""
+    choice = body.tool_choice
+    return tool_request(
+        [t.model_dump() for t in body.tools or ()],
+        choice.model_dump() if choice is not None and not isinstance(choice, str) else choice,
+        body.parallel_tool_calls,
+    )
+
+
+def tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut] | None:
+    return [ToolCallOut(id=c.id, function=ToolCallFunction(name=c.name, arguments=c.arguments)) for c in calls] or None
+
+
+def tool_delta(event: Event) -> DeltaMessage:
+    """One parser event as a streamed delta (OpenAI's shapes)."""
+    if isinstance(event, Content):
+        return DeltaMessage(content=event.text)
+    if isinstance(event, CallStart):
+        call = DeltaToolCall(index=event.index, id=event.id, type="function",
+                             function=DeltaFunction(name=event.name, arguments=""))
+    else:
+        assert isinstance(event, Arguments)
+        call = DeltaToolCall(index=event.index, function=DeltaFunction(arguments=event.text))
+    return DeltaMessage(tool_calls=[call])
 
 
 def usage_info(usage: Usage | None) -> UsageInfo:

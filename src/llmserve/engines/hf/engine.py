@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
@@ -76,13 +77,15 @@ class HFEngine(Engine):
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self._require().tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         template: ChatTemplate = self._require().template
-        return template.render(messages, add_generation_prompt=add_generation_prompt)
+        return template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(sampling=SAMPLING, max_context=self.loaded.max_context if self.loaded else 0)
+        return Capabilities(sampling=SAMPLING, max_context=self.loaded.max_context if self.loaded else 0,
+                            tool_format=self.loaded.template.tool_format.name if self.loaded else None)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

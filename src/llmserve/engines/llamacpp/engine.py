@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from pathlib import Path
 
 from llmserve.chat_template import ChatTemplate
@@ -128,18 +129,20 @@ class LlamaCppEngine(Engine):
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is not in the vocabulary", param=param)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         self._refuse_if_embedding_only()
         if self.template is None:
             raise ModelLoading("the model is not loaded yet", retry_after=5)
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     @property
     def capabilities(self) -> Capabilities:
         if self.embedding_only:
             return Capabilities(sampling=frozenset(), max_context=self.embedder.n_ctx if self.embedder else 0,
                                 chat_template=False)
-        return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0)
+        return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0,
+                            tool_format=self.template.tool_format.name if self.template else None)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from pathlib import Path
 
 from vllm import SamplingParams as VSamplingParams
@@ -179,13 +180,15 @@ class VLLMEngine(Engine):
         self._require()
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         self._require()
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context)  # every field honoured
+        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context,  # every field honoured
+                            tool_format=self.template.tool_format.name if self.template else None)
 
     def stats(self) -> EngineStats:
         if self.llm is None:
