@@ -134,6 +134,8 @@ class Capabilities:
     sampling: frozenset[str]
     max_context: int  # longest prompt + completion one request may use
     chat_template: bool = True
+    # structured output: the Constraint kinds honoured, and "trigger" when lazy constraints are
+    constraints: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

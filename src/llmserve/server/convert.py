@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from llmserve.errors import UnsupportedParameter
 from llmserve.server.protocol import ChatCompletionRequest, ChatMessage, SamplingFields, UsageInfo, PromptTokensDetails
-from llmserve.types import Message, SamplingParams, Usage
+from llmserve.structured.request import constraint_from
+from llmserve.types import Constraint, Message, SamplingParams, Usage
 
 
 def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> SamplingParams:
@@ -25,6 +26,14 @@ def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> Sam
         repetition_penalty=body.repetition_penalty,
         ignore_eos=body.ignore_eos,
     )
+
+
+def constraint_of(body: SamplingFields) -> Constraint | None:
+    """The request's structured-output constraint (``response_format``, vLLM's fields)."""
+    fmt = body.response_format.model_dump(by_alias=True) if body.response_format is not None else None
+    return constraint_from(response_format=fmt, structured_outputs=body.structured_outputs,
+                           guided_json=body.guided_json, guided_regex=body.guided_regex,
+                           guided_choice=body.guided_choice, guided_grammar=body.guided_grammar)
 
 
 def chat_sampling(body: ChatCompletionRequest) -> SamplingParams:
