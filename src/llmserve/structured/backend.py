@@ -49,6 +49,9 @@ class GrammarBackend(Protocol):
     def tokenize(self, data: bytes) -> list[int]:
         """Some token ids that spell ``data`` (to feed a matcher text it did not see as tokens)."""
 
+    def piece(self, token: int) -> bytes:
+        """The bytes ``token`` spells."""
+
     def fill_bitmasks(self, rows: Sequence[tuple[Matcher, int]], bitmask: np.ndarray) -> None:
         """Writes each matcher's allowed tokens into its row of ``bitmask`` (int32, C-contiguous);
         may release the GIL."""

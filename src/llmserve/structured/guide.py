@@ -35,13 +35,14 @@ class Guide:
         """The grammar is complete: the sequence ends here (finish reason ``stop``)."""
         return self.matcher is not None and self.matcher.done
 
-    def accept(self, token: int, piece: bytes) -> None:
-        """The sampled ``token`` (spelling ``piece``); raises ``GrammarViolation``."""
+    def accept(self, token: int, piece: bytes | None = None) -> None:
+        """The sampled ``token`` (spelling ``piece``, asked of the backend when not given);
+        raises ``GrammarViolation``."""
         if self.matcher is not None:
             if not self.matcher.consume((token,)):
                 raise GrammarViolation(self.matcher.error or f"token {token} is not allowed here")
             return
-        self._tail += piece
+        self._tail += piece if piece is not None else self.backend.piece(token)
         at = self._tail.find(self._trigger)
         if at < 0:
             # keep only what could still be the start of the trigger

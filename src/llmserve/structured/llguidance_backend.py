@@ -98,5 +98,8 @@ class LLGuidanceBackend:
     def tokenize(self, data: bytes) -> list[int]:
         return self.tokenizer.tokenize_bytes(data)
 
+    def piece(self, token: int) -> bytes:
+        return self.tokenizer.decode_bytes([token])
+
     def fill_bitmasks(self, rows: Sequence[tuple[LLGuidanceMatcher, int]], bitmask: np.ndarray) -> None:
         fill_next_token_bitmask_par(self._executor, [(m.m, row) for m, row in rows], bitmask)
