@@ -78,9 +78,7 @@ class LLGuidanceBackend:
     @classmethod
     def from_llamacpp(cls, vocab: Any, *, eog: Sequence[int], n_vocab: int) -> LLGuidanceBackend:
         """``eog``: EVERY end-of-generation id (the grammar allows them where it may end)."""
-        from llguidance.llamacpp import lltokenizer_from_vocab
-
-        return cls(lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=list(eog)))
+        return cls(_llamacpp_tokenizer(vocab, n_vocab, list(eog)))
 
     @classmethod
     def from_hf(cls, tokenizer: Any, *, eog: Sequence[int], n_vocab: int) -> LLGuidanceBackend:
@@ -103,3 +101,29 @@ class LLGuidanceBackend:
 
     def fill_bitmasks(self, rows: Sequence[tuple[LLGuidanceMatcher, int]], bitmask: np.ndarray) -> None:
         fill_next_token_bitmask_par(self._executor, [(m.m, row) for m, row in rows], bitmask)
+
+
+def _llamacpp_tokenizer(vocab: Any, n_vocab: int, eog: list[int]) -> llg.LLTokenizer:
+    """``llguidance.llamacpp.lltokenizer_from_vocab``, on llama.cpp's current attribute call (the
+    deprecated one it uses warns once per token). Control tokens, and user-defined ones written
+    like ``<...>``, are marked special with a leading 0xFF as llguidance expects."""
+    import ctypes
+
+    import llama_cpp as ll
+
+    buf = ctypes.create_string_buffer(16 * 1024)
+    tokens: list[bytes] = []
+    for token in range(ll.llama_vocab_n_tokens(vocab)):
+        n = ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            raise ValueError(f"token {token} does not fit a {len(buf)}-byte buffer")
+        piece = buf.raw[:n]
+        attr = ll.llama_vocab_get_attr(vocab, token)
+        if attr & ll.LLAMA_TOKEN_ATTR_CONTROL or (
+                attr & ll.LLAMA_TOKEN_ATTR_USER_DEFINED and piece.startswith(b"<") and piece.endswith(b">")):
+            piece = b"\xff" + piece
+        tokens.append(piece)
+    tokens += [b""] * (n_vocab - len(tokens))
+    tokenize = ctypes.cast(ll.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return llg.LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize, eos_token=eog,
+                                         slices=None)
