@@ -30,6 +30,10 @@ class Matcher(Protocol):
         """The grammar is complete and allows no further token."""
 
     @property
+    def accepting(self) -> bool:
+        """The text so far is a complete match (the grammar may still allow more)."""
+
+    @property
     def error(self) -> str:
         """Why the matcher broke; empty while it is fine."""
 

@@ -55,6 +55,10 @@ class LLGuidanceMatcher:
         return self.m.is_stopped()
 
     @property
+    def accepting(self) -> bool:
+        return self.m.is_accepting()
+
+    @property
     def error(self) -> str:
         return self.m.get_error()
 
