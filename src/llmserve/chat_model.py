@@ -95,6 +95,17 @@ class AsyncChatModel:
             if f.name not in supported and getattr(sampling, f.name) != getattr(defaults, f.name):
                 raise UnsupportedParameter(f"{f.name} is not supported by the {self.settings.engine} engine", param=f.name)
 
+    def check_constraint(self, constraint: Constraint | None, param: str = "response_format") -> None:
+        if constraint is None:
+            return
+        honoured = self.engine.capabilities.constraints
+        if constraint.kind not in honoured:
+            raise UnsupportedParameter(
+                f"{constraint.kind} output is not supported by the {self.settings.engine} engine", param=param)
+        if constraint.trigger is not None and "trigger" not in honoured:
+            raise UnsupportedParameter(
+                f"lazy (triggered) constraints are not supported by the {self.settings.engine} engine", param=param)
+
     def render(self, messages: MessagesLike, *, tools: Sequence[dict[str, Any]] | None = None) -> str:
         """The prompt; ``tools`` (OpenAI tool objects) are shown to the model (see ``structured.tools``)."""
         if tools and self.engine.capabilities.tool_format is None:
@@ -107,9 +118,12 @@ class AsyncChatModel:
         self, prompt: str | Sequence[int], sampling: SamplingParams, request_id: str | None = None,
         constraint: Constraint | None = None,
     ) -> GenerationRequest:
+        """``constraint``: structured output; the engine compiles it when the generation starts
+        (a grammar that cannot compile is an InvalidRequest at the stream's first step)."""
         if not self._started:
             raise ModelLoading(f"model {self.name!r} is still loading", retry_after=5)
         self.check_sampling(sampling)
+        self.check_constraint(constraint)
         if isinstance(prompt, str):
             # JSON may carry lone surrogates ("\ud800"), which no tokenizer can encode
             tokens = tuple(self.engine.tokenize(prompt.encode("utf-8", "replace").decode("utf-8")))

@@ -135,6 +135,8 @@ class Capabilities:
     max_context: int  # longest prompt + completion one request may use
     chat_template: bool = True
     tool_format: str | None = None  # how the chat template shows tools and calls (structured/tools); None: no tools
+    # structured output: the Constraint kinds honoured, and "trigger" when lazy constraints are
+    constraints: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmserve.errors import UnsupportedParameter
+from llmserve.errors import InvalidRequest, UnsupportedParameter
 from llmserve.server.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -15,8 +15,9 @@ from llmserve.server.protocol import (
     ToolCallOut,
     UsageInfo,
 )
-from llmserve.structured.tools import Arguments, CallStart, Content, Event, ToolRequest, tool_request
-from llmserve.types import Message, SamplingParams, ToolCall, Usage
+from llmserve.structured.request import constraint_from
+from llmserve.structured.tools import Arguments, CallStart, Content, Event, ToolPlan, ToolRequest, tool_request
+from llmserve.types import Constraint, Message, SamplingParams, ToolCall, Usage
 
 
 def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> SamplingParams:
@@ -39,6 +40,14 @@ def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> Sam
     )
 
 
+def constraint_of(body: SamplingFields) -> Constraint | None:
+    """The request's structured-output constraint (``response_format``, vLLM's fields)."""
+    fmt = body.response_format.model_dump(by_alias=True) if body.response_format is not None else None
+    return constraint_from(response_format=fmt, structured_outputs=body.structured_outputs,
+                           guided_json=body.guided_json, guided_regex=body.guided_regex,
+                           guided_choice=body.guided_choice, guided_grammar=body.guided_grammar)
+
+
 def chat_sampling(body: ChatCompletionRequest) -> SamplingParams:
     return sampling_from(body, max_tokens=body.max_completion_tokens or body.max_tokens)
 
@@ -58,6 +67,16 @@ def chat_tools(body: ChatCompletionRequest) -> ToolRequest | None:
         choice.model_dump() if choice is not None and not isinstance(choice, str) else choice,
         body.parallel_tool_calls,
     )
+
+
+def tool_or_format_constraint(plan: ToolPlan | None, response_format: Constraint | None) -> Constraint | None:
+    """One constraint per request: the tool calls' or ``response_format``'s, not both."""
+    if plan is None:
+        return response_format
+    if response_format is not None:
+        raise InvalidRequest("response_format cannot be combined with tool calls; send tool_choice 'none' "
+                             "or leave response_format out", param="response_format")
+    return plan.constraint
 
 
 def tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut] | None:

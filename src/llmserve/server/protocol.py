@@ -97,9 +97,18 @@ class StreamOptions(Strict):
     continuous_usage_stats: bool = False
 
 
+class JsonSchemaFormat(Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="the JSON Schema the reply must match")
+    strict: bool | None = None
+
+
 class ResponseFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
 
 
 # Parameters the OpenAI API defines that no engine honours yet: accepted only at their default,
@@ -111,7 +120,6 @@ UNSUPPORTED_UNLESS_DEFAULT: dict[str, Any] = {
     "logit_bias": None,
     "functions": None,
     "function_call": None,
-    "response_format": "text",
     "audio": None,
     "modalities": None,
     "prediction": None,
@@ -149,6 +157,12 @@ class SamplingFields(Strict):
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
+    # vLLM's structured-output extensions: one of json, regex, choice, grammar, json_object
+    structured_outputs: dict[str, Any] | None = Field(None, description="extension (vLLM): json | regex | choice | grammar")
+    guided_json: dict[str, Any] | str | None = Field(None, description="extension (vLLM, older name)")
+    guided_regex: str | None = Field(None, description="extension (vLLM, older name)")
+    guided_choice: list[str] | None = Field(None, description="extension (vLLM, older name)")
+    guided_grammar: str | None = Field(None, description="extension (vLLM, older name)")
     audio: dict[str, Any] | None = None
     modalities: list[str] | None = None
     prediction: dict[str, Any] | None = None

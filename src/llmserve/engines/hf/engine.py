@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from contextlib import aclosing
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
@@ -15,6 +16,7 @@ from llmserve.engines.hf.scheduler import Scheduler
 from llmserve.engines.worker import LoopBridge
 from llmserve.errors import ModelLoading
 from llmserve.settings import ModelSettings
+from llmserve.structured import KINDS, GrammarCompiler
 from llmserve.types import ALL_SAMPLING, Capabilities, Delta, EngineStats, GenerationRequest, Message
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class HFEngine(Engine):
         self.settings = settings
         self.loaded: LoadedModel | None = None
         self.scheduler: Scheduler | None = None
+        self.grammars: GrammarCompiler | None = None
         self._bridge = LoopBridge()
 
     async def start(self) -> None:
@@ -45,16 +48,37 @@ class HFEngine(Engine):
         self.scheduler = Scheduler(loaded, n_slots=s.parallel, max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                                    prefill_tokens=s.batch_size, threads=s.resolved_threads(), emit=self._bridge.emit)
         self.loaded = loaded
+        self.grammars = GrammarCompiler(self._grammar_backend)
         self.scheduler.start()
 
+    def _grammar_backend(self):
+        from llmserve.structured.llguidance_backend import LLGuidanceBackend
+
+        m = self.loaded
+        return LLGuidanceBackend.from_hf(m.tokenizer, eog=sorted(m.eos_ids),
+                                         n_vocab=m.model.config.get_text_config().vocab_size)
+
     async def stop(self) -> None:
+        if self.grammars is not None:
+            self.grammars.close()
+            self.grammars = None
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.stop)
             self.scheduler = None
         self.loaded = None
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if request.constraint is not None:
+            return self._generate_constrained(request)
         return self._bridge.stream(self._require_scheduler, request)
+
+    async def _generate_constrained(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Compiles the constraint (off the loop, cached) before the request is queued."""
+        scheduler = self._require_scheduler()
+        guide = await self.grammars.guide(request.constraint)
+        async with aclosing(self._bridge.stream(lambda: scheduler, request, guide=guide)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     async def abort(self, request_id: str) -> None:
         if self.scheduler is not None:
@@ -85,7 +109,8 @@ class HFEngine(Engine):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(sampling=SAMPLING, max_context=self.loaded.max_context if self.loaded else 0,
-                            tool_format=self.loaded.template.tool_format.name if self.loaded else None)
+                            tool_format=self.loaded.template.tool_format.name if self.loaded else None,
+                            constraints=KINDS | {"trigger"})
 
     def stats(self) -> EngineStats:
         s = self.scheduler

@@ -11,6 +11,7 @@ and translates vLLM errors into llmserve's. The engine core runs in a child proc
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 from vllm import SamplingParams as VSamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -29,9 +30,11 @@ from llmserve.engines.base import Engine
 from llmserve.engines.vllm.convert import hf_dir_for
 from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
+from llmserve.structured import KINDS
 from llmserve.types import (
     ALL_SAMPLING,
     Capabilities,
+    Constraint,
     Delta,
     EngineStats,
     FinishReason,
@@ -47,9 +50,26 @@ DEFAULT_KV_BYTES = 1 << 30
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
-def to_vllm(params: SamplingParams, max_tokens: int) -> VSamplingParams:
+def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams | None:
+    """vLLM's own structured outputs; whitespace is bounded as on the other engines."""
+    if constraint is None:
+        return None
+    kind, spec = constraint.kind, constraint.spec
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    if kind == "json_schema":
+        return StructuredOutputsParams(json=spec, disable_any_whitespace=True)
+    if kind == "choice":
+        return StructuredOutputsParams(choice=json.loads(spec))
+    if kind == "regex":
+        return StructuredOutputsParams(regex=spec)
+    return StructuredOutputsParams(grammar=spec)
+
+
+def to_vllm(params: SamplingParams, max_tokens: int, constraint: Constraint | None = None) -> VSamplingParams:
     """One to one; stop strings stay with ChatModel, which applies them for every engine."""
     return VSamplingParams(
+        structured_outputs=structured_outputs(constraint),
         temperature=params.temperature,
         top_p=params.top_p,
         top_k=params.top_k,
@@ -132,7 +152,7 @@ class VLLMEngine(Engine):
             raise InvalidRequest("the prompt fills the context window", param="messages")
         self._started[rid] = False
         stream = llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_tokens)),
-                              to_vllm(request.sampling, max_tokens), rid)
+                              to_vllm(request.sampling, max_tokens, request.constraint), rid)
         finished = False
         n_out = 0
         try:
@@ -158,9 +178,9 @@ class VLLMEngine(Engine):
             raise EngineError(f"vLLM failed: {exc}") from exc
         except LLMServeError:
             raise
-        except ValueError as exc:  # vLLM's request validation
+        except ValueError as exc:  # vLLM's request validation (a constraint that cannot compile too)
             finished = True
-            raise InvalidRequest(str(exc)) from exc
+            raise InvalidRequest(str(exc), param="response_format" if request.constraint else None) from exc
         finally:
             self._started.pop(rid, None)
             await stream.aclose()  # vLLM aborts a request whose generator closes unfinished
@@ -187,7 +207,8 @@ class VLLMEngine(Engine):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context,  # every field honoured
+        # every sampling field honoured; structured outputs by vLLM itself, without lazy triggers
+        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context, constraints=KINDS,
                             tool_format=self.template.tool_format.name if self.template else None)
 
     def stats(self) -> EngineStats:

@@ -11,7 +11,16 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from llmserve.server.auth import require_api_key
-from llmserve.server.convert import chat_sampling, chat_tools, to_message, tool_calls_out, tool_delta, usage_info
+from llmserve.server.convert import (
+    chat_sampling,
+    chat_tools,
+    constraint_of,
+    to_message,
+    tool_calls_out,
+    tool_delta,
+    tool_or_format_constraint,
+    usage_info,
+)
 from llmserve.server.deps import get_model, get_registry
 from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import (
@@ -41,7 +50,8 @@ async def list_models(request: Request) -> ModelList:
         caps = model.engine.capabilities
         cards.append(ModelCard(
             id=model.name, engine=model.settings.engine, max_model_len=caps.max_context,
-            capabilities={"sampling": sorted(caps.sampling), "ready": model.ready},
+            capabilities={"sampling": sorted(caps.sampling), "structured_outputs": sorted(caps.constraints),
+                          "ready": model.ready},
         ))
     return ModelList(data=cards)
 
@@ -52,9 +62,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     sampling = chat_sampling(body)
     tools = chat_tools(body)
     prompt = model.render([to_message(m) for m in body.messages], tools=tools.template_tools() if tools else None)
-    plan = plan_tools(tools, model.engine.capabilities.tool_format)
+    plan = plan_tools(tools, model.engine.capabilities)
+    constraint = tool_or_format_constraint(plan, constraint_of(body))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    gen = model.build_request(prompt, sampling, request_id=completion_id, constraint=plan.constraint if plan else None)
+    gen = model.build_request(prompt, sampling, request_id=completion_id, constraint=constraint)
     deltas = generation_stream(request, model, gen)
     logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
     if body.stream:

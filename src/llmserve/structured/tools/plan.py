@@ -9,7 +9,7 @@ from llmserve.structured.tools.formats import FORMATS, ToolFormat
 from llmserve.structured.tools.grammar import tool_constraint
 from llmserve.structured.tools.parser import ToolCallStream, parse
 from llmserve.structured.tools.request import ToolRequest
-from llmserve.types import Constraint, FinishReason, ToolCall
+from llmserve.types import Capabilities, Constraint, FinishReason, ToolCall
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,27 @@ class ToolPlan:
         return parse(text, self.fmt)
 
 
-def plan_tools(tools: ToolRequest | None, tool_format: str | None) -> ToolPlan | None:
-    """The plan for a request, or None when its answer is plain text (no tools, ``tool_choice: none``)."""
+def plan_tools(tools: ToolRequest | None, caps: Capabilities) -> ToolPlan | None:
+    """The plan for a request, or None when its answer is plain text (no tools, ``tool_choice: none``).
+
+    An engine without lazy constraints (vLLM's structured outputs have no trigger) decodes ``auto``
+    freely and the calls are parsed as the model wrote them, as vLLM itself does; ``required`` and
+    a named function need a grammar, and are refused where the engine cannot enforce one."""
     if tools is None or not tools.active:
         return None
-    fmt = FORMATS.get(tool_format or "")
+    fmt = FORMATS.get(caps.tool_format or "")
     if fmt is None:
         raise UnsupportedParameter("tools are not supported by this model's engine", param="tools")
-    return ToolPlan(tools, fmt, tool_constraint(tools, fmt))
+    constraint = tool_constraint(tools, fmt)
+    if constraint is not None and "grammar" not in caps.constraints:
+        if constraint.trigger is None:
+            raise UnsupportedParameter(
+                f"tool_choice {tools.choice!r} needs constrained decoding, which this engine does not do",
+                param="tool_choice")
+        constraint = None
+    if constraint is not None and constraint.trigger is not None and "trigger" not in caps.constraints:
+        constraint = None
+    return ToolPlan(tools, fmt, constraint)
 
 
 def finish_reason(reason: FinishReason, calls: list[ToolCall]) -> str:
