@@ -37,7 +37,7 @@ def tool_grammar(fmt: ToolFormat, functions: tuple[Function, ...], *, single: bo
     for i, fn in enumerate(functions):
         head = fmt.call_json(fn.name, "")[:-1]  # '{"name": "f", "arguments": ' (the object left open)
         rules.append(f"fn_{i}: {_lit(head)} args_{i} {_lit('}')}")
-        schema = {"x-guidance": JSON_LAYOUT, **fn.schema()}
+        schema = {"x-guidance": JSON_LAYOUT, **_closed(fn.schema())}
         rules.append(f"args_{i}: %json {json.dumps(schema, ensure_ascii=False)}")
     if fmt.listed:
         items = "call" if single else f"call ({_lit(fmt.separator)} call)*"
@@ -48,6 +48,14 @@ def tool_grammar(fmt: ToolFormat, functions: tuple[Function, ...], *, single: bo
         rules.append(f"block: {_lit(fmt.open + fmt.lead)} call {_lit(fmt.trail + fmt.close)}")
         start = "start: block" if single else f"start: block ({_lit(fmt.separator)} block)*"
     return "\n".join([start, *rules]) + "\n"
+
+
+def _closed(schema: dict) -> dict:
+    """The arguments object admits only its declared properties unless the schema says otherwise
+    (every call this allows is valid against the schema as given; small models otherwise invent keys)."""
+    if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
 
 
 def tool_constraint(tools: ToolRequest, fmt: ToolFormat) -> Constraint | None:
