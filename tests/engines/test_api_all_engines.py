@@ -96,6 +96,10 @@ def test_models_metadata_matches_engine_capabilities(served, api):
     assert card["capabilities"]["ready"] is True
     assert card["capabilities"]["structured_outputs"] == sorted(caps.constraints)
     assert {"json_schema", "json_object", "regex", "choice", "grammar"} <= caps.constraints
+    tools = card["capabilities"]["tools"]
+    assert tools["format"] == caps.tool_format == "json_list"  # SmolLM2's template does not take tools
+    assert tools["tool_choice"] == ["none", "auto", "required", "function"]
+    assert tools["constrained_auto"] == ("trigger" in caps.constraints)
     assert caps.sampling <= ALL_SAMPLING  # nothing claimed that llmserve cannot even express
 
 

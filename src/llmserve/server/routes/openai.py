@@ -36,7 +36,7 @@ from llmserve.server.protocol import (
 )
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import DONE, ClientGone, TextEvents, error_event, sse, until_disconnect
-from llmserve.structured.tools import Content, ToolPlan, finish_reason, plan_tools
+from llmserve.structured.tools import Content, ToolPlan, finish_reason, plan_tools, tool_capabilities
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def list_models(request: Request) -> ModelList:
         cards.append(ModelCard(
             id=model.name, engine=model.settings.engine, max_model_len=caps.max_context,
             capabilities={"sampling": sorted(caps.sampling), "structured_outputs": sorted(caps.constraints),
-                          "ready": model.ready},
+                          "tools": tool_capabilities(caps), "ready": model.ready},
         ))
     return ModelList(data=cards)
 

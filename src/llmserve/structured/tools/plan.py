@@ -48,6 +48,16 @@ def plan_tools(tools: ToolRequest | None, caps: Capabilities) -> ToolPlan | None
     return ToolPlan(tools, fmt, constraint)
 
 
+def tool_capabilities(caps: Capabilities) -> dict[str, object]:
+    """What ``/v1/models`` says of an engine's tools: the call format of its template, the
+    ``tool_choice`` values it honours, and whether ``auto`` is constrained once a call opens."""
+    if caps.tool_format is None:
+        return {}
+    choices = ["none", "auto"] + (["required", "function"] if "grammar" in caps.constraints else [])
+    return {"format": caps.tool_format, "tool_choice": choices,
+            "constrained_auto": "grammar" in caps.constraints and "trigger" in caps.constraints}
+
+
 def finish_reason(reason: FinishReason, calls: list[ToolCall]) -> str:
     """OpenAI's: ``tool_calls`` when the answer called tools and ended by itself."""
     return "tool_calls" if calls and reason is FinishReason.STOP else reason.value
