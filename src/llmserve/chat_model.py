@@ -92,10 +92,11 @@ class AsyncChatModel:
         honoured = self.engine.capabilities.constraints
         if constraint.kind not in honoured:
             raise UnsupportedParameter(
-                f"{constraint.kind} output is not supported by the {self.settings.engine} engine", param=param)
+                f"{param}: {constraint.kind} output is not supported by the {self.settings.engine} engine", param=param)
         if constraint.trigger is not None and "trigger" not in honoured:
             raise UnsupportedParameter(
-                f"lazy (triggered) constraints are not supported by the {self.settings.engine} engine", param=param)
+                f"{param}: lazy (triggered) constraints are not supported by the {self.settings.engine} engine",
+                param=param)
 
     def render(self, messages: MessagesLike) -> str:
         return self.engine.render_chat(to_messages(messages))
