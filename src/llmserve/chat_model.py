@@ -101,10 +101,11 @@ class AsyncChatModel:
         honoured = self.engine.capabilities.constraints
         if constraint.kind not in honoured:
             raise UnsupportedParameter(
-                f"{constraint.kind} output is not supported by the {self.settings.engine} engine", param=param)
+                f"{param}: {constraint.kind} output is not supported by the {self.settings.engine} engine", param=param)
         if constraint.trigger is not None and "trigger" not in honoured:
             raise UnsupportedParameter(
-                f"lazy (triggered) constraints are not supported by the {self.settings.engine} engine", param=param)
+                f"{param}: lazy (triggered) constraints are not supported by the {self.settings.engine} engine",
+                param=param)
 
     def render(self, messages: MessagesLike, *, tools: Sequence[dict[str, Any]] | None = None) -> str:
         """The prompt; ``tools`` (OpenAI tool objects) are shown to the model (see ``structured.tools``)."""

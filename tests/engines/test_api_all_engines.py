@@ -328,6 +328,13 @@ def test_max_tokens_mid_json_is_length(api):
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
 
 
+def test_completions_take_constraints(api):
+    r = api.post("/v1/completions", json={"model": NAME, "prompt": "The capital of France is", "max_tokens": 8,
+                                          "temperature": 0, "guided_choice": ["Paris", "Rome"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] in ("Paris", "Rome")
+
+
 @pytest.mark.parametrize("extra", [
     {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]}}}},

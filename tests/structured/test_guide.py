@@ -140,3 +140,18 @@ async def test_compiler_caches_and_compiles_off_the_loop(backend):
         assert not guide.active
     finally:
         compiler.close()
+
+
+def test_lark_helpers_keep_embedded_json_compact(backend):
+    from llmserve.structured.lark import json_rule, literal
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    grammar = backend.compile(Constraint("grammar", f"start: {literal('<tool_call>')} {json_rule(schema)} "
+                                                    f"{literal('</tool_call>')}"))
+
+    def ok(text: str) -> bool:
+        m = grammar.matcher()
+        return m.consume(backend.tokenize(text.encode())) and m.accepting
+
+    assert ok('<tool_call>{"a":1}</tool_call>')
+    assert not ok('<tool_call>{"a": 1}</tool_call>') and not ok('<tool_call>{"b":1}</tool_call>')

@@ -154,6 +154,18 @@ class Scheduler(WorkerLoop[Sequence]):
             if seq.guide is not None and seq.guide.active:
                 logits[row].masked_fill_(torch.from_numpy(forbidden[row, :width]), float("-inf"))
 
+    def _guide(self, seq: Sequence, token: int, text: str) -> Output | None:
+        """Feeds the sampled token to the sequence's grammar; returns the sequence's last output
+        when that ends it (complete: ``stop``; broken: an EngineError for it alone), else None."""
+        try:
+            seq.guide.accept(token)
+        except GrammarViolation as exc:
+            logger.warning("request %s broke its grammar: %s", seq.request.request_id, exc)
+            return EngineError(f"structured output failed: {exc}")
+        if seq.guide.done:  # nothing else may follow
+            return Delta(text + seq.detok.flush(), (token,), FinishReason.STOP, self._usage(seq))
+        return None
+
     def _advance(self, seq: Sequence, token: int) -> Output:
         """Account one sampled token; a finished sequence gets ``pending = None``."""
         seq.pending = None
@@ -162,14 +174,8 @@ class Scheduler(WorkerLoop[Sequence]):
         seq.generated.append(token)
         seq.sampler.accept(token)
         text = seq.detok.add(token)
-        if seq.guide is not None:
-            try:
-                seq.guide.accept(token)
-            except GrammarViolation as exc:
-                logger.warning("request %s broke its grammar: %s", seq.request.request_id, exc)
-                return EngineError(f"structured output failed: {exc}")
-            if seq.guide.done:  # the grammar is complete: nothing else may follow
-                return Delta(text + seq.detok.flush(), (token,), FinishReason.STOP, self._usage(seq))
+        if seq.guide is not None and (end := self._guide(seq, token, text)) is not None:
+            return end
         max_new = seq.request.sampling.max_tokens
         total = len(seq.prompt) + len(seq.generated)
         if (max_new is not None and len(seq.generated) >= max_new) or total >= self.m.max_context:

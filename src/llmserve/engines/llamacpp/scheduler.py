@@ -214,13 +214,19 @@ class Scheduler(WorkerLoop[Sequence]):
             if seq.guide is not None and seq.guide.active:
                 apply_bitmask(self._sampler.logits(self.ctx.ptr, idx), forbidden[seq.slot.seq_id])
 
-    def _guide(self, seq: Sequence, token: int, piece: bytes) -> EngineError | None:
-        """Feeds the sampled token to the sequence's grammar."""
+    def _guide(self, seq: Sequence, token: int, piece: bytes, text: str) -> Output | None:
+        """Feeds the sampled token to the sequence's grammar; returns the sequence's last output
+        when that ends it (the grammar is complete: ``stop``; it broke: an EngineError for this
+        sequence alone), else None."""
         try:
             seq.guide.accept(token, piece)
         except GrammarViolation as exc:
             logger.warning("request %s broke its grammar: %s", seq.request.request_id, exc)
+            self._release(seq.slot)
             return EngineError(f"structured output failed: {exc}")
+        if seq.guide.done:  # nothing else may follow
+            text += seq.decoder.decode(b"", final=True)
+            return self._finish(seq, Delta(text, (token,), FinishReason.STOP, self._usage(seq)))
         return None
 
     def _advance(self, seq: Sequence, token: int) -> Output:
@@ -232,14 +238,8 @@ class Scheduler(WorkerLoop[Sequence]):
         seq.generated.append(token)
         piece = self.model.piece(token)
         text = seq.decoder.decode(piece)
-        if seq.guide is not None:
-            error = self._guide(seq, token, piece)
-            if error is not None:
-                self._release(seq.slot)
-                return error
-            if seq.guide.done:  # the grammar is complete: nothing else may follow
-                text += seq.decoder.decode(b"", final=True)
-                return self._finish(seq, Delta(text, (token,), FinishReason.STOP, self._usage(seq)))
+        if seq.guide is not None and (end := self._guide(seq, token, piece, text)) is not None:
+            return end
         max_new = seq.request.sampling.max_tokens
         if (max_new is not None and len(seq.generated) >= max_new) or n_prompt + len(seq.generated) >= self.ctx.n_ctx_seq:
             text += seq.decoder.decode(b"", final=True)

@@ -5,7 +5,7 @@ llmserve's admission (``max_queue``, ``queue_timeout``, counted until a request'
 and translates vLLM errors into llmserve's. The engine core runs in a child process started by
 ``start``, never at import. Options: ``dtype`` (default ``bfloat16``), ``enforce_eager``
 (default true), ``kv_cache_bytes`` (default 1 GiB), ``cache_dir`` (where a GGUF is converted, default
-``~/.cache/llmserve``), ``seed``.
+``~/.cache/llmserve``), ``seed``, ``structured_backend`` (``guidance`` default, or ``xgrammar``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Any
 from pathlib import Path
 
 from vllm import SamplingParams as VSamplingParams
+from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -51,14 +53,14 @@ _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": Fi
 
 
 def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams | None:
-    """vLLM's own structured outputs; whitespace is bounded as on the other engines."""
+    """vLLM's own structured outputs (compact JSON: the engine's ``disable_any_whitespace``)."""
     if constraint is None:
         return None
     kind, spec = constraint.kind, constraint.spec
     if kind == "json_object":
-        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+        return StructuredOutputsParams(json_object=True)
     if kind == "json_schema":
-        return StructuredOutputsParams(json=spec, disable_any_whitespace=True)
+        return StructuredOutputsParams(json=spec)
     if kind == "choice":
         return StructuredOutputsParams(choice=json.loads(spec))
     if kind == "regex":
@@ -110,6 +112,10 @@ class VLLMEngine(Engine):
             kv_cache_memory_bytes=int(opts.get("kv_cache_bytes", DEFAULT_KV_BYTES)),
             seed=opts.get("seed", 0),
             disable_log_stats=True,
+            # structured outputs: llguidance as on the other engines (the same schemas compile),
+            # compact JSON (whitespace bounded); options.structured_backend "xgrammar" for vLLM's default
+            structured_outputs_config=StructuredOutputsConfig(
+                backend=str(opts.get("structured_backend", "guidance")), disable_any_whitespace=True),
         )
         logger.info("starting vLLM on %s", model_dir)
         try:
@@ -178,7 +184,7 @@ class VLLMEngine(Engine):
             raise EngineError(f"vLLM failed: {exc}") from exc
         except LLMServeError:
             raise
-        except ValueError as exc:  # vLLM's request validation (a constraint that cannot compile too)
+        except (ValueError, VLLMValidationError) as exc:  # vLLM's request validation, uncompilable constraints
             finished = True
             raise InvalidRequest(str(exc), param="response_format" if request.constraint else None) from exc
         finally:
