@@ -115,9 +115,12 @@ class AsyncChatModel:
         supported = self.engine.capabilities.sampling
         if not supported:  # an engine that cannot generate (an embedding model)
             raise InvalidRequest(f"model {self.name!r} serves embeddings only", param="model")
-        defaults = SamplingParams()
+        # a value at its neutral default, or at this model's own default, is not a request for it
+        neutral, own = SamplingParams(), self.sampling_defaults.values
         for f in dataclasses.fields(SamplingParams):
-            if f.name not in supported and getattr(sampling, f.name) != getattr(defaults, f.name):
+            value = getattr(sampling, f.name)
+            defaulted = value == getattr(neutral, f.name) or (f.name in own and value == own[f.name])
+            if f.name not in supported and not defaulted:
                 raise UnsupportedParameter(f"{f.name} is not supported by the {self.settings.engine} engine", param=f.name)
 
     @property
