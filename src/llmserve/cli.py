@@ -40,8 +40,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
                                 help=f"{field.description} [env {env}]")
             continue
         flag_type, choices = _flag_type(field.annotation)
+        # a yes/no flag alone means yes (--kv-split); it still takes a value (--web-ui false)
+        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices,
+            "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices, **switch,
             default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.get_default(call_default_factory=True)!r}]",
         )
     parser.add_argument("--config", type=Path, default=None, help="YAML or TOML file with settings (lowest precedence).")
