@@ -142,7 +142,7 @@ class Ledger:
         """Gives empty ``dst`` the first ``n`` positions of ``src``: the same cells on a unified
         cache; on a split cache a whole-stream copy (it lands at the next decode, and is worth it
         only for a long prefix). Returns the positions ``dst`` now holds."""
-        assert not dst.tokens
+        assert not dst.tokens and n <= len(src.tokens)
         if n <= 0:
             return 0
         if self.unified:
@@ -153,6 +153,7 @@ class Ledger:
             ll.llama_memory_seq_cp(self.ctx.memory, src.seq_id, dst.seq_id, -1, -1)  # -1, -1: whole
             self.ctx.seq_rm(dst.seq_id, n, -1)
             self._copied.add(dst.seq_id)
+        self.touch(src)  # a prefix shared is a prefix used
         dst.tokens[:] = src.tokens[:n]
         dst.cells[:] = src.cells[:n] if self.unified else self._new_cells(n)
         if self.unified:

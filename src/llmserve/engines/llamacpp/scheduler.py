@@ -68,6 +68,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self.slots = self.kv.slots
         self.n_batch = ctx.n_batch
         self.budget = PrefillBudget(self.n_batch)
+        self.prefilled = 0  # prompt tokens decoded so far (the rest came from the cache)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._sampler = BatchSampler(model.n_vocab, n_slots)
 
@@ -104,10 +105,10 @@ class Scheduler(WorkerLoop[Sequence]):
             if self._prefix_coming(seq, shared):
                 continue
             keep = min(shared, len(seq.prompt) - 1)  # the last prompt token is decoded again for its logits
-            slot = donor if donor is not None and donor.seq is None else self.kv.idle()[0]
+            slot = self._slot_for(donor, keep)
             if slot is not donor:
                 self.kv.clear(slot)  # the least recently used idle prefix: the first to go in any case
-            if not self._fits(seq, keep, keep_cached=donor if slot is donor else None):
+            if not self._fits(seq, keep, keep_cached=donor):
                 return  # in order: later requests do not overtake one waiting for cells
             if slot is donor:
                 self.kv.truncate(slot, keep)
@@ -122,6 +123,18 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.sampler = SequenceSampler(seq.request.sampling, n_vocab=self.model.n_vocab,
                                           penalty_window=self.ctx.n_ctx_seq)
             self._started([seq])
+
+    def _slot_for(self, donor: Slot | None, keep: int) -> Slot:
+        """The idle slot a request takes. On a unified cache sharing a prefix costs nothing, so the
+        donor's own slot is taken only when it holds no more than the shared prefix (or is the
+        least recently used anyway): other cached conversations stay whole. On a split cache the
+        donor's slot is taken whenever it is idle (a copy moves a whole stream)."""
+        idle = self.kv.idle()
+        if donor is None or donor.seq is not None:
+            return idle[0]
+        if not self.kv.unified or len(donor.tokens) <= keep + 1 or idle[0] is donor:
+            return donor
+        return idle[0]
 
     def _prefix_coming(self, seq: Sequence, cached: int) -> bool:
         """A prompt being prefilled now shares a longer prefix with ``seq``'s than the cache holds:
@@ -138,7 +151,7 @@ class Scheduler(WorkerLoop[Sequence]):
     def _fits(self, seq: Sequence, keep: int, keep_cached: Slot | None) -> bool:
         """Whether ``seq``'s uncached prompt (plus a little room to answer) fits beside the
         running sequences' next cells; evicts idle cached prefixes least recently used first
-        (never ``keep_cached``, the idle slot it will reuse) to make it fit."""
+        (never ``keep_cached``, whose prefix it will use) to make it fit."""
         if not self.kv.unified:
             return len(seq.prompt) + 1 <= self.kv.capacity
         growing = sum(1 for s in self.slots if s.seq is not None)  # each running sequence grows a cell a step
@@ -222,6 +235,7 @@ class Scheduler(WorkerLoop[Sequence]):
         for seq, length, idx in prefill:
             self.kv.extend(seq.slot, seq.prompt[seq.n_prefilled: seq.n_prefilled + length])
             self.kv.reserved -= length
+            self.prefilled += length
             seq.n_prefilled += length
             if idx >= 0:
                 sample.append((seq, idx))
