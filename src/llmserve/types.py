@@ -103,6 +103,7 @@ class GenerationRequest:
     prompt_tokens: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     constraint: Constraint | None = None
+    adapter: str | None = None  # the LoRA adapter to generate under (its served name); None: the base model
     timing: RequestTiming = field(default_factory=RequestTiming, compare=False, repr=False)
 
 
