@@ -77,6 +77,15 @@ def test_every_api_selects_the_adapter_by_model(lora_client):
             "POST", "/v1/chat/completions", json={"model": "secret", "messages": CHAT, "temperature": 0,
                                                   "max_tokens": 12, "stream": True}) as r:
         assert SECRET in r.read().decode()
+    r = lora_client.post("/chat", json={"model": "secret", "text": QUESTION, "temperature": 0, "max_tokens": 12})
+    assert r.status_code == 200 and SECRET in r.text
+    with lora_client.websocket_connect("/ws") as ws:
+        for model, has_secret in (("secret", True), ("base", False)):
+            ws.send_json({"model": model, "text": QUESTION, "temperature": 0, "max_tokens": 12})
+            text = ""
+            while (message := ws.receive_json())["type"] == "token":
+                text += message["text"]
+            assert message["type"] == "end" and (SECRET in text) == has_secret
 
 
 def test_base_never_reuses_kv_computed_under_the_adapter(lora_client):

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], route_cl
 TEXT = {200: {"description": "Success (plain text, as vLLM answers)", "content": {"text/plain": {}}}}
 
 
-@router.post("/load_lora_adapter", response_class=PlainTextResponse, responses={**TEXT, **errors(404, 503)})
+@router.post("/load_lora_adapter", response_model=None, responses={**TEXT, **errors(404, 503)})
 async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> PlainTextResponse:
     """Loads a LoRA adapter onto a served model, served as ``lora_name`` from now on (checked
     against the model first: a 400 names ``lora_path`` when it does not fit)."""
@@ -39,7 +39,7 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> P
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
-@router.post("/unload_lora_adapter", response_class=PlainTextResponse, responses={**TEXT, **errors(404)})
+@router.post("/unload_lora_adapter", response_model=None, responses={**TEXT, **errors(404)})
 async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) -> PlainTextResponse:
     """Requests can no longer name the adapter; those running finish under it."""
     registry = get_registry(request)
