@@ -155,7 +155,8 @@ class Scheduler(WorkerLoop[Sequence]):
         if not self.kv.unified:
             return len(seq.prompt) + 1 <= self.kv.capacity
         growing = sum(1 for s in self.slots if s.seq is not None)  # each running sequence grows a cell a step
-        want = min(HEADROOM, seq.request.sampling.max_tokens or HEADROOM)
+        # a few cells to answer in, never more than it may use: a prompt that fits alone fits
+        want = min(HEADROOM, seq.request.sampling.max_tokens or HEADROOM, self.kv.capacity - len(seq.prompt))
         return self.kv.make_room(len(seq.prompt) - keep + want + growing, keep=keep_cached)
 
     def _make_room_to_grow(self, out: list[tuple[Sequence, Output]]) -> None:
