@@ -44,7 +44,12 @@ def success(model: type[BaseModel], *, stream: str | None = None) -> dict[int | 
     when the request sets ``stream: true``."""
     entry: dict[str, Any] = {"model": model, "description": "Successful Response"}
     if stream:
-        entry["content"] = {SSE: {"schema": {"type": "string", "description": stream}}}
+        # before OpenAPI 3.2, an event stream's schema describes each event (as schemathesis reads it)
+        entry["content"] = {SSE: {"schema": {
+            "type": "object", "description": stream, "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
+                           "retry": {"type": "integer"}},
+        }}}
     return {200: entry}
 
 
