@@ -44,13 +44,16 @@ def success(model: type[BaseModel], *, stream: str | None = None) -> dict[int | 
     when the request sets ``stream: true``."""
     entry: dict[str, Any] = {"model": model, "description": "Successful Response"}
     if stream:
-        # before OpenAPI 3.2, an event stream's schema describes each event (as schemathesis reads it)
-        entry["content"] = {SSE: {"schema": {
-            "type": "object", "description": stream, "required": ["data"],
-            "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
-                           "retry": {"type": "integer"}},
-        }}}
+        entry["content"] = {SSE: {"schema": sse_event(stream)}}
     return {200: entry}
+
+
+def sse_event(description: str) -> dict[str, Any]:
+    """The schema of one server-sent event: before OpenAPI 3.2, an event stream's schema describes
+    each event (as schemathesis reads it), not the stream as a string."""
+    return {"type": "object", "description": description, "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
+                           "retry": {"type": "integer"}}}
 
 
 def install(app: FastAPI) -> None:
