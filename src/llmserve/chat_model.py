@@ -166,7 +166,6 @@ class AsyncChatModel:
         if not self._started:
             raise ModelLoading(f"model {self.name!r} is still loading", retry_after=5)
         msgs = to_messages(messages)
-        self.check_sampling(sampling)
         self.check_fits(msgs, sampling)
         return self.build_request(self.render(msgs, **render), sampling, request_id)
 
