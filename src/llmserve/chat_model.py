@@ -21,7 +21,16 @@ from llmserve.errors import ContextLengthExceeded, EngineStalled, InvalidRequest
 from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.settings import ModelSettings
 from llmserve.stops import StopMatcher
-from llmserve.types import Completion, Delta, FinishReason, GenerationRequest, Message, SamplingParams, Usage
+from llmserve.types import (
+    Completion,
+    Constraint,
+    Delta,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    SamplingParams,
+    Usage,
+)
 from llmserve.workpool import WorkPool
 
 logger = logging.getLogger(__name__)
@@ -104,6 +113,8 @@ class AsyncChatModel:
     # -- building requests -------------------------------------------------------------------
     def check_sampling(self, sampling: SamplingParams) -> None:
         supported = self.engine.capabilities.sampling
+        if not supported:  # an engine that cannot generate (an embedding model)
+            raise InvalidRequest(f"model {self.name!r} serves embeddings only", param="model")
         defaults = SamplingParams()
         for f in dataclasses.fields(SamplingParams):
             if f.name not in supported and getattr(sampling, f.name) != getattr(defaults, f.name):
@@ -115,13 +126,31 @@ class AsyncChatModel:
         ``allow_special_tokens_in_content``)."""
         return self._escaper is not None
 
-    def render(self, messages: MessagesLike, *, add_generation_prompt: bool = True) -> str:
-        """The prompt for ``messages``, to pass to ``build_request``. Special-token strings inside
+    def check_constraint(self, constraint: Constraint | None, param: str = "response_format") -> None:
+        if constraint is None:
+            return
+        honoured = self.engine.capabilities.constraints
+        if constraint.kind not in honoured:
+            raise UnsupportedParameter(
+                f"{param}: {constraint.kind} output is not supported by the {self.settings.engine} engine", param=param)
+        if constraint.trigger is not None and "trigger" not in honoured:
+            raise UnsupportedParameter(
+                f"{param}: lazy (triggered) constraints are not supported by the {self.settings.engine} engine",
+                param=param)
+
+    def render(self, messages: MessagesLike, *, add_generation_prompt: bool = True,
+               tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt for ``messages``, to pass to ``build_request``; ``tools`` (OpenAI tool
+        objects) are shown to the model (see ``structured.tools``). Special-token strings inside
         the messages appear as private markers there, which ``build_request`` tokenizes as plain
         text; ``display`` spells them back."""
+        if tools and self.engine.capabilities.tool_format is None:
+            raise UnsupportedParameter(f"tools are not supported by the {self.settings.engine} engine", param="tools")
         msgs = to_messages(messages)
         if self._escaper is not None:
             msgs = self._escaper.escape(msgs).messages
+        if tools:
+            return self.engine.render_chat(msgs, add_generation_prompt=add_generation_prompt, tools=tools)
         return self.engine.render_chat(msgs, add_generation_prompt=add_generation_prompt)
 
     def display(self, prompt: str) -> str:
@@ -161,19 +190,21 @@ class AsyncChatModel:
             )
 
     def prepare(self, messages: MessagesLike, sampling: SamplingParams, request_id: str | None = None,
-                **render: Any) -> GenerationRequest:
+                constraint: Constraint | None = None, **render: Any) -> GenerationRequest:
         """Checks, renders and tokenizes a chat: CPU work, run it with ``aprepare`` on a server."""
         if not self._started:
             raise ModelLoading(f"model {self.name!r} is still loading", retry_after=5)
         msgs = to_messages(messages)
+        self.check_sampling(sampling)
+        self.check_constraint(constraint)
         self.check_fits(msgs, sampling)
-        return self.build_request(self.render(msgs, **render), sampling, request_id)
+        return self.build_request(self.render(msgs, **render), sampling, request_id, constraint)
 
     async def aprepare(self, messages: MessagesLike, sampling: SamplingParams, request_id: str | None = None,
-                       **render: Any) -> GenerationRequest:
+                       constraint: Constraint | None = None, **render: Any) -> GenerationRequest:
         """``prepare`` off the event loop, in the server's bounded pool: a request that is costly
         to render or tokenize never stalls the streams of others."""
-        return await self.run_blocking(self.prepare, messages, sampling, request_id, **render)
+        return await self.run_blocking(self.prepare, messages, sampling, request_id, constraint, **render)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` in the server's pool for CPU work (the loop's default executor without one)."""
@@ -182,11 +213,15 @@ class AsyncChatModel:
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
     def build_request(
-        self, prompt: str | Sequence[int], sampling: SamplingParams, request_id: str | None = None
+        self, prompt: str | Sequence[int], sampling: SamplingParams, request_id: str | None = None,
+        constraint: Constraint | None = None,
     ) -> GenerationRequest:
+        """``constraint``: structured output; the engine compiles it when the generation starts
+        (a grammar that cannot compile is an InvalidRequest at the stream's first step)."""
         if not self._started:
             raise ModelLoading(f"model {self.name!r} is still loading", retry_after=5)
         self.check_sampling(sampling)
+        self.check_constraint(constraint)
         tokens = tuple(self.tokenize_prompt(prompt)) if isinstance(prompt, str) else tuple(prompt)
         if not tokens:
             raise InvalidRequest("the prompt is empty", param="messages")
@@ -199,7 +234,7 @@ class AsyncChatModel:
                 "completion). Please reduce the length of the messages or completion.",
                 param="messages",
             )
-        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", tokens, sampling)
+        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", tokens, sampling, constraint)
 
     # -- the watchdog ----------------------------------------------------------------------------
     def stalled_for(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from llmserve.types import Capabilities, Delta, Embeddings, EngineStats, GenerationRequest, Message
 
@@ -58,8 +59,10 @@ class Engine(abc.ABC):
         """The inverse of ``tokenize``: special tokens are written out; unknown ids are InvalidRequest."""
 
     @abc.abstractmethod
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        """The prompt text for ``messages``, rendered with the model's own chat template."""
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt text for ``messages`` (and OpenAI ``tools``), rendered with the model's own chat
+        template (``ChatTemplate.render``; ``capabilities.tool_format`` says how calls will look)."""
 
     @property
     @abc.abstractmethod

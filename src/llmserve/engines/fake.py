@@ -21,6 +21,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Embedder, Engine
@@ -86,6 +87,7 @@ class FakeEngine(Engine):
             max_context=self.max_context,
             special_tokens=SPECIAL,
             max_token_chars=32,
+            tool_format=self._template.tool_format.name,
         )
 
     def stats(self) -> EngineStats:
@@ -107,8 +109,9 @@ class FakeEngine(Engine):
             raise InvalidRequest(f"token id {bad[0]} is not in the vocabulary", param="tokens")
         return "".join(self._words[i] for i in token_ids)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     async def abort(self, request_id: str) -> None:
         self._aborted.add(request_id)

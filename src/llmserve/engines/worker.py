@@ -69,8 +69,9 @@ class WorkerLoop(abc.ABC, Generic[S]):
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, request: GenerationRequest, sink: asyncio.Queue) -> S:
-        seq = self.sequence_type(request, sink, time.monotonic())
+    def submit(self, request: GenerationRequest, sink: asyncio.Queue, **state) -> S:
+        """``state``: initial values of the engine's sequence fields (a compiled grammar)."""
+        seq = self.sequence_type(request, sink, time.monotonic(), **state)
         with self._cv:
             if self._stopping:
                 raise Overloaded("the engine is shutting down", retry_after=5)
@@ -187,12 +188,14 @@ class LoopBridge:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(_dispatch, outputs)
 
-    async def stream(self, worker: Callable[[], WorkerLoop], request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, worker: Callable[[], WorkerLoop], request: GenerationRequest,
+                     **state) -> AsyncIterator[Delta]:
         """The deltas of ``request``. ``worker`` is called at the first ``__anext__`` and may raise
-        (not loaded, invalid tokens); admission errors (queue full) surface there too."""
+        (not loaded, invalid tokens); admission errors (queue full) surface there too. ``state``
+        goes to ``WorkerLoop.submit``."""
         loop = worker()
         queue: asyncio.Queue[Output] = asyncio.Queue()
-        seq = loop.submit(request, queue)
+        seq = loop.submit(request, queue, **state)
         finished = False
         try:
             while True:

@@ -15,7 +15,7 @@ from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import InvalidRequest
 from llmserve.server.auth import require_api_key
 from llmserve.server.body import JSONBodyRoute
-from llmserve.server.convert import sampling_from, usage_info
+from llmserve.server.convert import constraint_of, sampling_from, usage_info
 from llmserve.server.deps import get_model
 from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import CompletionChoice, CompletionRequest, TextCompletion
@@ -37,9 +37,10 @@ CHUNKS = ("with stream: true, 'data: {text_completion}' events, an 'error' event
 async def completions(body: CompletionRequest, request: Request) -> Response | TextCompletion:
     model = get_model(request, body.model)
     sampling = sampling_from(body, model.sampling_defaults)
+    constraint = constraint_of(body)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     try:
-        gens = [model.build_request(tokens, sampling, request_id=f"{completion_id}-{i}")
+        gens = [model.build_request(tokens, sampling, request_id=f"{completion_id}-{i}", constraint=constraint)
                 for i, tokens in enumerate(prompt_tokens(model, body.prompt))]
     except InvalidRequest as exc:  # build_request speaks of chat messages; here they are prompts
         if exc.param == "messages":
