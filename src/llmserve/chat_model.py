@@ -149,6 +149,7 @@ class AsyncChatModel:
         msgs = to_messages(messages)
         if self._escaper is not None:
             msgs = self._escaper.escape(msgs).messages
+            tools = self._escaper.escape_value(tools) if tools else tools  # descriptions are client text too
         if tools:
             return self.engine.render_chat(msgs, add_generation_prompt=add_generation_prompt, tools=tools)
         return self.engine.render_chat(msgs, add_generation_prompt=add_generation_prompt)
