@@ -17,7 +17,7 @@ pytestmark = pytest.mark.reliability
 
 # 30 s with the template rendered and the prompt tokenized on the event loop; a few decode steps now
 # (loose: a busy CI machine slows the decode steps themselves, hence also ten of its p90 gaps)
-MAX_GAP_S = 1.0
+MAX_GAP_S = 0.5
 
 
 def hostile_bodies() -> dict[str, bytes]:
