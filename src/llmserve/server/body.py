@@ -1,9 +1,11 @@
 """JSON request bodies parsed off the event loop, and bounded before anything else reads them.
 
 ``JSONBodyRoute`` (the route class of the API routers) parses a body larger than
-``INLINE_BYTES`` in the app's ``WorkPool``, refuses one nested deeper than ``--max-json-depth``
-and a chat with more messages than any served model's context could hold (each message takes a
-token at least), and hands the parsed value to FastAPI, which then validates it as usual.
+``INLINE_BYTES`` in the app's ``WorkPool`` (an array element at a time, so that the parsing
+thread lets go of the GIL), refuses one nested deeper than ``--max-json-depth`` and a chat with
+more messages than any served model's context could hold (each message takes a token at least;
+the messages past that are never read), and hands the parsed value to FastAPI, which then
+validates it as usual. WebSocket frames go through the same bounds (``parse_off_loop``).
 """
 
 from __future__ import annotations
