@@ -50,8 +50,9 @@ class Engine(abc.ABC):
         """Stop a request wherever it is (queued, prefilling, decoding). Unknown ids are ignored."""
 
     @abc.abstractmethod
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        """Token ids of ``text``; special tokens written in the text are parsed as such."""
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``. ``parse_special``: special-token strings written in the text
+        (``<|im_end|>``) become those control tokens; off, they are tokenized as plain text."""
 
     @abc.abstractmethod
     def detokenize(self, token_ids: Sequence[int]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmserve.errors import InvalidRequest, UnsupportedParameter
+from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.server.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -11,6 +12,7 @@ from llmserve.server.protocol import (
     DeltaToolCall,
     PromptTokensDetails,
     SamplingFields,
+    TextPart,
     ToolCallFunction,
     ToolCallOut,
     UsageInfo,
@@ -20,24 +22,24 @@ from llmserve.structured.tools import Arguments, CallStart, Content, Event, Tool
 from llmserve.types import Constraint, Message, SamplingParams, ToolCall, Usage
 
 
-def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> SamplingParams:
+def sampling_from(body: SamplingFields, defaults: SamplingDefaults, *, max_tokens: int | None = None) -> SamplingParams:
+    """The request's sampling: what it sets, the model's ``defaults`` for what it leaves unset."""
     name = body.unsupported()
     if name is not None:
         raise UnsupportedParameter(f"{name} is not supported by this server yet", param=name)
-    stop = body.stop
-    return SamplingParams(
+    return defaults.resolve(dict(
         temperature=body.temperature,
         top_p=body.top_p,
-        top_k=max(body.top_k, 0),
+        top_k=body.top_k,
         min_p=body.min_p,
         max_tokens=max_tokens if max_tokens is not None else body.max_tokens,
-        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        stop=body.stop,
         seed=body.seed,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         repetition_penalty=body.repetition_penalty,
         ignore_eos=body.ignore_eos,
-    )
+    ))
 
 
 def constraint_of(body: SamplingFields) -> Constraint | None:
@@ -48,12 +50,15 @@ def constraint_of(body: SamplingFields) -> Constraint | None:
                            guided_choice=body.guided_choice, guided_grammar=body.guided_grammar)
 
 
-def chat_sampling(body: ChatCompletionRequest) -> SamplingParams:
-    return sampling_from(body, max_tokens=body.max_completion_tokens or body.max_tokens)
+def chat_sampling(body: ChatCompletionRequest, defaults: SamplingDefaults) -> SamplingParams:
+    return sampling_from(body, defaults, max_tokens=body.max_completion_tokens or body.max_tokens)
 
 
 def to_message(m: ChatMessage) -> Message:
-    content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or ())
+    parts = m.content if isinstance(m.content, list) else []
+    if any(not isinstance(p, TextPart) for p in parts):
+        raise UnsupportedParameter("only text content parts are supported", param="messages")
+    content = m.content if isinstance(m.content, str) else "".join(p.text for p in parts)
     calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
     # "developer" is OpenAI's newer name for the system role
     return Message("system" if m.role == "developer" else m.role, content, calls, m.tool_call_id, m.name)
@@ -94,6 +99,22 @@ def tool_delta(event: Event) -> DeltaMessage:
         assert isinstance(event, Arguments)
         call = DeltaToolCall(index=event.index, function=DeltaFunction(arguments=event.text))
     return DeltaMessage(tool_calls=[call])
+
+
+PART_KINDS = {"image_url": "image", "input_audio": "audio", "file": "file"}
+
+
+def to_messages(messages: list[ChatMessage], model_name: str) -> list[Message]:
+    """``to_message`` of each, refusing with a 400 that names it a content part the model cannot
+    take ("messages[0].content[1]: image input is not supported by model 'm'")."""
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.content if isinstance(m.content, list) else ()):
+            if not isinstance(part, TextPart):
+                where = f"messages[{i}].content[{j}]"
+                raise UnsupportedParameter(
+                    f"{where}: {PART_KINDS.get(part.type, part.type)} input is not supported by model {model_name!r}",
+                    param=where)
+    return [to_message(m) for m in messages]
 
 
 def usage_info(usage: Usage | None) -> UsageInfo:

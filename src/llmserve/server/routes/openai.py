@@ -11,11 +11,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from llmserve.server.auth import require_api_key
+from llmserve.server.body import JSONBodyRoute
 from llmserve.server.convert import (
     chat_sampling,
     chat_tools,
     constraint_of,
-    to_message,
+    to_messages,
     tool_calls_out,
     tool_delta,
     tool_or_format_constraint,
@@ -34,13 +35,16 @@ from llmserve.server.protocol import (
     ModelCard,
     ModelList,
 )
+from llmserve.server.openapi import errors, success
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import DONE, ClientGone, TextEvents, error_event, sse, until_disconnect
 from llmserve.structured.tools import Content, ToolPlan, finish_reason, plan_tools, tool_capabilities
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
+CHUNKS = ("with stream: true, 'data: {chat.completion.chunk}' events, an 'error' event if the generation "
+          "fails after the first one, then 'data: [DONE]'")
 
 
 @router.get("/models")
@@ -52,20 +56,24 @@ async def list_models(request: Request) -> ModelList:
             id=model.name, engine=model.settings.engine, max_model_len=caps.max_context,
             capabilities={"sampling": sorted(caps.sampling), "structured_outputs": sorted(caps.constraints),
                           "tools": tool_capabilities(caps), "ready": model.ready},
+            sampling_defaults=model.sampling_defaults.public(),
+            sampling_defaults_source=dict(model.sampling_defaults.sources),
         ))
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)])
+@router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)],
+             responses={**success(ChatCompletion, stream=CHUNKS), **errors(404, 503)})
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
     model = get_model(request, body.model)
-    sampling = chat_sampling(body)
+    sampling = chat_sampling(body, model.sampling_defaults)
     tools = chat_tools(body)
-    prompt = model.render([to_message(m) for m in body.messages], tools=tools.template_tools() if tools else None)
     plan = plan_tools(tools, model.engine.capabilities)
     constraint = tool_or_format_constraint(plan, constraint_of(body))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    gen = model.build_request(prompt, sampling, request_id=completion_id, constraint=constraint)
+    # rendering and tokenizing run in the app's pool, never on the event loop
+    gen = await model.aprepare(to_messages(body.messages, model.name), sampling, request_id=completion_id,
+                               constraint=constraint, tools=tools.template_tools() if tools else None)
     deltas = generation_stream(request, model, gen)
     logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
     if body.stream:
