@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge
 from llmserve.server.auth import Identity, require_api_key
-from llmserve.server.convert import chat_sampling, to_message, usage_info
+from llmserve.server.convert import chat_sampling, constraint_of, to_message, usage_info
 from llmserve.server.deps import get_rate_limiter, get_registry, get_settings
 from llmserve.server.errors import error_payload, error_response, validation_message
 from llmserve.server.protocol import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, DeltaMessage
@@ -269,7 +269,7 @@ class ChatSession:
         sampling = chat_sampling(request)
         prompt = model.render([to_message(m) for m in request.messages])
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = model.build_request(prompt, sampling, request_id=completion_id)
+        gen = model.build_request(prompt, sampling, request_id=completion_id, constraint=constraint_of(request))
         progress = self.progress.setdefault(str(req_id), [len(gen.prompt_tokens), 0])
         deltas = generation_stream(self.websocket, model, gen)
         logger.info("websocket chat %s: %d prompt tokens", completion_id, len(gen.prompt_tokens))
