@@ -143,6 +143,13 @@ class Capabilities:
     sampling: frozenset[str]
     max_context: int  # longest prompt + completion one request may use
     chat_template: bool = True
+    # texts the tokenizer reads as control tokens when it parses special tokens ("<|im_end|>"):
+    # chat content that contains one is tokenized as plain text (llmserve.content_text)
+    special_tokens: frozenset[str] = frozenset()
+    # the most characters one token can stand for: a text of N characters is at least
+    # N / max_token_chars tokens, so what cannot fit the context is refused before tokenizing
+    max_token_chars: int | None = None
+    tool_format: str | None = None  # how the chat template shows tools and calls (structured/tools); None: no tools
     # structured output: the Constraint kinds honoured, and "trigger" when lazy constraints are
     constraints: frozenset[str] = frozenset()
 
@@ -152,6 +159,9 @@ class EngineStats:
     loaded: bool
     running: int = 0  # sequences being prefilled or decoded
     waiting: int = 0  # admitted but not yet scheduled
+    # time.monotonic() of the engine's last progress (a step finished, or work came to an idle
+    # engine); None: the engine does not tell. Busy and stale for long: the engine is stalled.
+    last_progress: float | None = None
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,10 @@ def test_models_metadata_matches_engine_capabilities(served, api):
     assert card["capabilities"]["ready"] is True
     assert card["capabilities"]["structured_outputs"] == sorted(caps.constraints)
     assert {"json_schema", "json_object", "regex", "choice", "grammar"} <= caps.constraints
+    tools = card["capabilities"]["tools"]
+    assert tools["format"] == caps.tool_format == "json_list"  # SmolLM2's template does not take tools
+    assert tools["tool_choice"] == ["none", "auto", "required", "function"]
+    assert tools["constrained_auto"] == ("trigger" in caps.constraints)
     assert caps.sampling <= ALL_SAMPLING  # nothing claimed that llmserve cannot even express
 
 
@@ -242,7 +246,7 @@ def test_context_overflow_is_400(api):
 @pytest.mark.parametrize("extra, param", [
     ({"n": 2}, "n"),
     ({"logprobs": True}, "logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"functions": [{"name": "f"}]}, "functions"),
 ])
 def test_unsupported_parameters_are_400_naming_them(api, extra, param):
     err = assert_error(api.post(CHAT, json={"messages": FRANCE, **extra}), 400, code="unsupported_parameter", param=param)
@@ -343,6 +347,81 @@ def test_constraint_that_cannot_compile_is_400_before_any_200(api, extra, stream
                        param="response_format")
     assert err["type"] == "invalid_request_error" and len(err["message"]) > 20
     assert text_of(chat(api, temperature=0, max_tokens=4))  # the engine serves on
+
+
+# -- tool calls -----------------------------------------------------------------------------------
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Get the current time in a timezone",
+    "parameters": {"type": "object", "properties": {"timezone": {"type": "string", "maxLength": 20}},
+                   "required": ["timezone"]}}}
+TOOLS = [WEATHER, TIME]
+PARIS = [{"role": "user", "content": "What is the weather in Paris?"}]
+# an earlier turn that called a tool (the 135M model then calls by itself under "auto")
+BERLIN = [*PARIS,
+          {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+              "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+          {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+          {"role": "assistant", "content": "It is sunny in Paris."},
+          {"role": "user", "content": "What is the weather in Berlin?"}]
+
+
+def tool_calls_of(out: dict) -> list[tuple[str, dict]]:
+    import jsonschema
+
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    calls = []
+    for c in out["choices"][0]["message"].get("tool_calls") or ():
+        assert c["id"].startswith("call_") and c["type"] == "function"
+        arguments = json.loads(c["function"]["arguments"])
+        jsonschema.validate(arguments, schemas[c["function"]["name"]])
+        calls.append((c["function"]["name"], arguments))
+    return calls
+
+
+def streamed_tool_answer(api: httpx.Client, messages, **kw: Any) -> tuple[str | None, list[tuple[str, str]], str]:
+    with api.stream("POST", CHAT, json={"model": NAME, "messages": messages, "stream": True, **kw}) as r:
+        assert r.status_code == 200, r.read()
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
+    content, calls, finish = "", {}, None
+    for c in chunks:
+        delta = c["choices"][0]["delta"]
+        content += delta.get("content") or ""
+        for tc in delta.get("tool_calls") or ():
+            if "id" in tc:
+                calls[tc["index"]] = [tc["function"]["name"], ""]
+            else:
+                calls[tc["index"]][1] += tc["function"]["arguments"]
+        finish = c["choices"][0]["finish_reason"] or finish
+    return content or None, [tuple(calls[i]) for i in sorted(calls)], finish
+
+
+def test_tool_choice_required_and_named(api):
+    kw = {"tools": TOOLS, "temperature": 0, "max_tokens": 60}
+    out = chat(api, PARIS, tool_choice="required", **kw)
+    assert out["choices"][0]["finish_reason"] == "tool_calls" and out["choices"][0]["message"]["content"] is None
+    assert tool_calls_of(out) == [("get_weather", {"city": "Paris"})]
+    whole = [(c["function"]["name"], c["function"]["arguments"]) for c in out["choices"][0]["message"]["tool_calls"]]
+    assert streamed_tool_answer(api, PARIS, tool_choice="required", **kw) == (None, whole, "tool_calls")
+    out = chat(api, PARIS, tool_choice={"type": "function", "function": {"name": "get_time"}}, **kw)
+    assert [name for name, _ in tool_calls_of(out)] == ["get_time"]
+    out = chat(api, PARIS, tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=5,
+               tools=TOOLS, max_tokens=60)
+    assert len(tool_calls_of(out)) == 1  # sampled: still one valid call
+
+
+def test_tool_choice_auto(api):
+    kw = {"tools": TOOLS, "temperature": 0, "max_tokens": 60}
+    out = chat(api, [{"role": "user", "content": "What is 2+2?"}], **kw)
+    assert out["choices"][0]["finish_reason"] == "stop" and "4" in text_of(out)
+    assert "tool_calls" not in out["choices"][0]["message"]
+    out = chat(api, BERLIN, **kw)
+    assert out["choices"][0]["finish_reason"] == "tool_calls"
+    assert tool_calls_of(out) == [("get_weather", {"city": "Berlin"})]
+    whole = [(c["function"]["name"], c["function"]["arguments"]) for c in out["choices"][0]["message"]["tool_calls"]]
+    assert streamed_tool_answer(api, BERLIN, **kw) == (None, whole, "tool_calls")
 
 
 # -- disconnects ----------------------------------------------------------------------------------

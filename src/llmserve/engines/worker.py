@@ -57,6 +57,7 @@ class WorkerLoop(abc.ABC, Generic[S]):
         self.n_waiting = 0
         self.n_running = 0
         self.steps = 0
+        self.last_progress = time.monotonic()  # a step finished, or work came to an idle loop
         self._cv = threading.Condition()
         self._incoming: list[S] = []
         self._by_id: dict[str, S] = {}
@@ -76,6 +77,8 @@ class WorkerLoop(abc.ABC, Generic[S]):
                 raise Overloaded("the engine is shutting down", retry_after=5)
             if self.n_waiting + self.n_running >= self.n_slots + self.max_queue:
                 raise Overloaded("the request queue is full; try again shortly", retry_after=1)
+            if self.n_waiting + self.n_running == 0:
+                self.last_progress = time.monotonic()  # the watchdog counts from now
             self.n_waiting += 1
             self._by_id[request.request_id] = seq
             self._incoming.append(seq)
@@ -121,6 +124,7 @@ class WorkerLoop(abc.ABC, Generic[S]):
                     self._incoming.clear()
                 try:
                     self._step()
+                    self.last_progress = time.monotonic()
                 except Exception:  # never let the loop die: fail what is in flight, keep serving
                     logger.exception("engine step failed")
                     self._fail_all(EngineError("the engine failed while generating"))

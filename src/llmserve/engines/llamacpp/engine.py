@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from contextlib import aclosing
 from pathlib import Path
 
@@ -39,6 +40,8 @@ class LlamaCppEngine(Engine):
         self.grammars: GrammarCompiler | None = None
         # options.embedding: serve this GGUF for /v1/embeddings only (no decode context, no template)
         self.embedding_only = bool(settings.options.get("embedding", False))
+        self._special_tokens: frozenset[str] = frozenset()
+        self._max_token_chars: int | None = None
 
     async def start(self) -> None:
         self._bridge.bind()
@@ -78,6 +81,7 @@ class LlamaCppEngine(Engine):
         if source is None:
             raise EngineError(f"{path} has no chat template in its metadata; pass --chat-template FILE")
         self.template = ChatTemplate(source, bos_token=model.token_text(model.bos), eos_token=model.token_text(model.eos))
+        self._special_tokens, self._max_token_chars = model.scan_vocab()
         self.model, self.ctx = model, ctx
         self.grammars = GrammarCompiler(self._grammar_backend)
         self.scheduler = Scheduler(model, ctx, n_slots=s.parallel, max_queue=s.max_queue,
@@ -139,10 +143,10 @@ class LlamaCppEngine(Engine):
             self.scheduler.cancel(request_id)
 
     # -- model facts ------------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         if self.model is None:
             raise ModelLoading("the model is not loaded yet", retry_after=5)
-        return self.model.tokenize(text, add_special=add_special)
+        return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         if self.model is None:
@@ -155,11 +159,12 @@ class LlamaCppEngine(Engine):
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is not in the vocabulary", param=param)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         self._refuse_if_embedding_only()
         if self.template is None:
             raise ModelLoading("the model is not loaded yet", retry_after=5)
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -167,11 +172,13 @@ class LlamaCppEngine(Engine):
             return Capabilities(sampling=frozenset(), max_context=self.embedder.n_ctx if self.embedder else 0,
                                 chat_template=False)
         return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0,
+                            special_tokens=self._special_tokens, max_token_chars=self._max_token_chars,
+                            tool_format=self.template.tool_format.name if self.template else None,
                             constraints=KINDS | {"trigger"})
 
     def stats(self) -> EngineStats:
         s = self.scheduler
         if s is None:
             return EngineStats(loaded=self.embedding_only and self.model is not None)
-        return EngineStats(loaded=True, running=s.n_running, waiting=s.n_waiting)
+        return EngineStats(loaded=True, running=s.n_running, waiting=s.n_waiting, last_progress=s.last_progress)
 

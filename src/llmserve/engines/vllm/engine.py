@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from pathlib import Path
 
 from vllm import SamplingParams as VSamplingParams
@@ -28,6 +29,7 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
+from llmserve.engines.hftok import HFTokenizing
 from llmserve.engines.vllm.convert import hf_dir_for
 from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
@@ -91,6 +93,7 @@ class VLLMEngine(Engine):
         self.settings = settings
         self.llm: AsyncLLM | None = None
         self.tokenizer = None
+        self.tokens: HFTokenizing | None = None
         self.template: ChatTemplate | None = None
         self.max_context = 0
         self._started: dict[str, bool] = {}  # in flight: request id -> has produced output
@@ -122,6 +125,7 @@ class VLLMEngine(Engine):
         except Exception as exc:
             raise EngineError(f"vLLM could not start: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
+        self.tokens = HFTokenizing(self.tokenizer)
         self.max_context = self.llm.model_config.max_model_len
         source = Path(s.chat_template).read_text() if s.chat_template else getattr(self.tokenizer, "chat_template", None)
         if not source:
@@ -197,22 +201,29 @@ class VLLMEngine(Engine):
             await self.llm.abort(request_id)
 
     # -- model facts ------------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         self._require()
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+        return self.tokens.encode(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         self._require()
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         self._require()
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     @property
     def capabilities(self) -> Capabilities:
         # every sampling field honoured; structured outputs by vLLM itself, without lazy triggers
-        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context, constraints=KINDS)
+        tool_format = self.template.tool_format.name if self.template else None
+        if self.tokens is None:
+            return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context, constraints=KINDS,
+                                tool_format=tool_format)
+        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context, constraints=KINDS,
+                            tool_format=tool_format,
+                            special_tokens=self.tokens.special_tokens, max_token_chars=self.tokens.max_token_chars)
 
     def stats(self) -> EngineStats:
         if self.llm is None:
