@@ -306,9 +306,11 @@ class AsyncChatModel:
             await stream.aclose()
 
     async def astream_deltas(
-        self, messages: MessagesLike, request_id: str | None = None, **sampling: Any
+        self, messages: MessagesLike, request_id: str | None = None, *, constraint: Constraint | None = None,
+        **sampling: Any
     ) -> AsyncIterator[Delta]:
-        request = await self.aprepare(messages, self.sampling_defaults.resolve(sampling), request_id)
+        """``constraint``: structured output (``Constraint("json_schema", schema_text)``, ...)."""
+        request = await self.aprepare(messages, self.sampling_defaults.resolve(sampling), request_id, constraint)
         async with aclosing(self.agenerate(request)) as deltas:  # closing aborts in the engine
             async for delta in deltas:
                 yield delta
