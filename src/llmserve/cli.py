@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmserve import __version__
 from llmserve.cli_keys import add_keys_parser, run_keys
+from llmserve.errors import LLMServeError
 from llmserve.settings import ModelSettings, Settings
 
 CLI_EXCLUDED = {"models"}
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"llmserve: {exc}", file=sys.stderr)
         return 2
+    except LLMServeError as exc:  # start-up checks (engine missing, not a model) and load failures
+        print(f"llmserve: {exc.message}", file=sys.stderr)
+        return 2
 
 
 def _serve(settings: Settings) -> int:
@@ -155,6 +159,7 @@ def _serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     check_worker_limits(settings)
+    check_models(settings)  # before anything binds: a missing engine or a bad model path exits 2
     multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
     # worker processes: uvicorn imports the app factory in each worker, which rebuilds these
     # settings from LLMSERVE_* variables (stale ones cleared first)
@@ -165,6 +170,14 @@ def _serve(settings: Settings) -> int:
                 host=settings.host, port=settings.port, log_config=None,
                 log_level=settings.log_level, timeout_graceful_shutdown=5)
     return 0
+
+
+def check_models(settings: Settings) -> None:
+    """Every model's engine imports here and its path is something that engine can load."""
+    from llmserve.engines import preflight
+
+    for model in settings.model_list():
+        preflight(model)
 
 
 def check_worker_limits(settings: Settings) -> None:
@@ -186,6 +199,7 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging("warning")
     model_settings: ModelSettings = settings.model_list()[0]
+    check_models(settings)
     print(f"loading {model_settings.served_name()} ...", file=sys.stderr)
     with ChatModel(settings=model_settings) as model:
         history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
