@@ -86,8 +86,10 @@ class AsyncChatModel:
     def check_sampling(self, sampling: SamplingParams) -> None:
         supported = self.engine.capabilities.sampling
         defaults = SamplingParams()
+        model_defaults = self.sampling_defaults.resolve()  # a model's default is not a request for it either
         for f in dataclasses.fields(SamplingParams):
-            if f.name not in supported and getattr(sampling, f.name) != getattr(defaults, f.name):
+            value = getattr(sampling, f.name)
+            if f.name not in supported and value != getattr(defaults, f.name) and value != getattr(model_defaults, f.name):
                 raise UnsupportedParameter(f"{f.name} is not supported by the {self.settings.engine} engine", param=f.name)
 
     def render(self, messages: MessagesLike) -> str:

@@ -63,6 +63,8 @@ def install(app: FastAPI) -> None:
 
 def api_routes(app: FastAPI) -> list[Any]:
     """The app's API routes as the schema sees them (with their routers' prefixes and dependencies)."""
+    if not hasattr(routing, "iter_route_contexts"):  # FastAPI before 0.160 (the vLLM venv) flattens routers
+        return [r for r in app.routes if isinstance(r, routing.APIRoute) and r.include_in_schema]
     return [rc for rc in routing.iter_route_contexts(app.routes)
             if isinstance(rc.original_route, routing.APIRoute) and rc.include_in_schema]
 
@@ -97,6 +99,7 @@ def truthful(schema: dict[str, Any], app: FastAPI) -> dict[str, Any]:
             for status in sorted(documented_errors(route)):
                 responses.setdefault(str(status), {"description": DESCRIPTIONS[status],
                                                    "content": {"application/json": {"schema": ERROR_REF}}})
+            operation["responses"] = dict(sorted(responses.items()))
     text = repr(schema["paths"])
     for name in ("HTTPValidationError", "ValidationError"):
         if f"#/components/schemas/{name}'" not in text:
