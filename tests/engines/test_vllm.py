@@ -122,6 +122,7 @@ def test_queue_full_is_overloaded(model, run):
 
 def test_preflight_checks_the_architecture_before_any_load(tmp_path):
     """``llmserve serve --engine vllm`` refuses, before binding, what vLLM cannot run."""
+    pytest.importorskip("vllm")
     from llmserve.engines import preflight
     from llmserve.errors import InvalidModel
     from llmserve.settings import ModelSettings
