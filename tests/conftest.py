@@ -81,7 +81,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def fake_model(name: str = "fake-model", **options: Any) -> AsyncChatModel:
-    settings_fields = {k: options.pop(k) for k in ("parallel", "max_queue", "queue_timeout") if k in options}
+    fields = ("parallel", "max_queue", "queue_timeout", "allow_special_tokens_in_content", "watchdog_timeout")
+    settings_fields = {k: options.pop(k) for k in fields if k in options}
     return AsyncChatModel(settings=ModelSettings(name=name, engine="fake", options=options, **settings_fields))
 
 

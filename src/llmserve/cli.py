@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import typing
@@ -46,9 +47,12 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
                                 help=f"{field.description} [env {env}]")
             continue
         flag_type, choices = _flag_type(field.annotation)
+        # a bare boolean flag means true ("--allow-special-tokens-in-content"); "--web-ui false" still works
+        bare = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices,
             default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.get_default(call_default_factory=True)!r}]",
+            **bare,
         )
     parser.add_argument("--config", type=Path, default=None, help="YAML or TOML file with settings (lowest precedence).")
 
@@ -160,6 +164,7 @@ def _serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
     check_worker_limits(settings)
     check_models(settings)  # before anything binds: a missing engine or a bad model path exits 2
+    warn_oversubscribed(settings)
     multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
     # worker processes: uvicorn imports the app factory in each worker, which rebuilds these
     # settings from LLMSERVE_* variables (stale ones cleared first)
@@ -170,6 +175,17 @@ def _serve(settings: Settings) -> int:
                 host=settings.host, port=settings.port, log_config=None,
                 log_level=settings.log_level, timeout_graceful_shutdown=5)
     return 0
+
+
+def warn_oversubscribed(settings: Settings) -> None:
+    """Compute threads that outnumber the cores spin against each other (llama.cpp's barriers):
+    a warning, since a user may mean it."""
+    cores = os.cpu_count() or 1
+    threads = settings.workers * sum(m.resolved_threads() for m in settings.model_list() if m.engine != "fake")
+    if threads > cores:
+        logging.getLogger("llmserve").warning(
+            "%d worker(s) x their models' threads = %d compute threads on %d cores: decode slows badly when "
+            "threads outnumber cores; lower --threads or --workers", settings.workers, threads, cores)
 
 
 def check_models(settings: Settings) -> None:

@@ -80,6 +80,12 @@ class ModelLoading(Overloaded):
     code = "model_loading"
 
 
+class EngineStalled(Overloaded):
+    """The engine has had work but made no progress for ``watchdog_timeout`` seconds."""
+
+    code = "engine_stalled"
+
+
 class EngineError(LLMServeError):
     """The backend failed; the request is lost but the server stays up."""
 

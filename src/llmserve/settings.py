@@ -21,6 +21,10 @@ from pydantic_settings import (
 )
 
 EngineName = Literal["llamacpp", "hf", "vllm", "fake"]
+Q41Kernel = Literal["auto", "tiles", "stock"]
+Q41_KERNEL_HELP = ("Q4_1 matmul kernel of the llama.cpp engine: auto measures llmserve's tiles against ggml's "
+                   "vec_dot per batch size once per CPU, model and thread count (cached) and runs the faster "
+                   "one at each size; tiles or stock force one.")
 
 DEFAULT_SAMPLING_HELP = (
     "Sampling defaults for the parameters a request leaves unset, over the model's own (its "
@@ -67,13 +71,16 @@ class ModelSettings(BaseModel):
     path: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
     ctx_size: int = Field(0, ge=0, description="Total KV-cache context in tokens, split across --parallel slots as llama-server does (0: the model's training context).")
     parallel: int = Field(8, ge=1, le=256, description="Sequences decoded together (continuous-batching slots).")
-    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores).")
+    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores, divided among --workers).")
     batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
+    q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
+    allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
+    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP)
 
     def served_name(self) -> str:
@@ -118,14 +125,21 @@ class Settings(BaseSettings):
     engine: EngineName = Field("llamacpp", description="Inference engine: llamacpp, hf, vllm or fake.")
     ctx_size: int = Field(0, ge=0, description="Total KV-cache context in tokens, split across --parallel slots as llama-server does (0: the model's training context).")
     parallel: int = Field(8, ge=1, le=256, description="Sequences decoded together (continuous-batching slots).")
-    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores).")
+    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores, divided among --workers).")
     batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
+    q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
+    allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
+    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP + " With 'models:' in the config file, these apply to every model, under each model's own default_sampling.")
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
+    # -- request hardening (workpool.py, server/body.py) --
+    cpu_workers: int = Field(2, ge=1, le=64, description="Threads for the CPU work of requests (parsing large bodies, rendering chat templates, tokenizing), kept off the event loop.")
+    cpu_queue: int = Field(256, ge=1, description="Requests whose CPU work may wait for those threads; beyond that the server answers 503.")
+    max_json_depth: int = Field(64, ge=4, le=1000, description="Deepest nesting of arrays and objects a JSON body may have; deeper ones get 400.")
     # -- operations (metrics) --
     metrics_dir: str | None = Field(
         default_factory=lambda: os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
@@ -169,6 +183,13 @@ class Settings(BaseSettings):
         return env
 
     def model_list(self) -> list[ModelSettings]:
+        """The served models; with several workers, a model left at ``threads: 0`` gets its
+        worker's share of the cores, so the workers' compute threads do not oversubscribe them."""
+        return [m if m.threads or self.workers == 1 else
+                m.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // self.workers)})
+                for m in self._models()]
+
+    def _models(self) -> list[ModelSettings]:
         if self.models:
             shared = self.default_sampling.given()
             return [m.model_copy(update={"default_sampling": DefaultSampling(**{**shared, **m.default_sampling.given()})})
@@ -186,6 +207,9 @@ class Settings(BaseSettings):
                 queue_timeout=self.queue_timeout,
                 chat_template=self.chat_template,
                 flash_attn=self.flash_attn,
+                q4_1_kernel=self.q4_1_kernel,
+                allow_special_tokens_in_content=self.allow_special_tokens_in_content,
+                watchdog_timeout=self.watchdog_timeout,
                 default_sampling=self.default_sampling,
             )
         ]

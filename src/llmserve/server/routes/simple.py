@@ -20,6 +20,7 @@ from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import LLMServeError
 from llmserve.sampling_defaults import DEFAULTABLE, SamplingDefaults
 from llmserve.server.auth import require_api_key
+from llmserve.server.body import JSONBodyRoute
 from llmserve.server.convert import to_messages
 from llmserve.server.deps import get_registry
 from llmserve.server.errors import error_payload
@@ -31,7 +32,7 @@ from llmserve.server.sse import ClientGone, until_disconnect
 from llmserve.types import Delta, GenerationRequest, SamplingParams, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 
 class SimpleChatRequest(Strict):
@@ -90,13 +91,14 @@ STREAM_EVENTS = ("'data: {\"text\": piece}' per token piece, then 'event: end' w
                  "(the OpenAI error body) just before the end")
 
 
-def start_generation(
+async def start_generation(
     conn: HTTPConnection, body: SimpleChatRequest
 ) -> tuple[AsyncChatModel, GenerationRequest, AsyncIterator[Delta]]:
-    """Validates and renders ``body``; the deltas charge their tokens to the caller's rate limit."""
+    """Validates and renders ``body`` (in the app's pool); the deltas charge their tokens to the
+    caller's rate limit."""
     model = get_registry(conn).get(body.model)
-    prompt = model.render(body.prompt_messages(model.name))
-    gen = model.build_request(prompt, body.sampling(model.sampling_defaults), request_id=f"chat-{uuid.uuid4().hex}")
+    gen = await model.aprepare(body.prompt_messages(model.name), body.sampling(model.sampling_defaults),
+                               request_id=f"chat-{uuid.uuid4().hex}")
     logger.info("simple chat %s: %d prompt tokens", gen.request_id, len(gen.prompt_tokens))
     return model, gen, generation_stream(conn, model, gen)
 
@@ -112,7 +114,7 @@ def usage_dict(usage: Usage | None) -> dict[str, int] | None:
              responses={**success(SimpleChatResponse), **errors(404, 503)})
 async def chat(body: SimpleChatRequest, request: Request) -> Response | SimpleChatResponse:
     """``{"result": text, "finish_reason": ..., "model": ..., "usage": {...}}``."""
-    model, gen, deltas = start_generation(request, body)
+    model, gen, deltas = await start_generation(request, body)
     try:
         text, last = await until_disconnect(request, collect(deltas))
     except ClientGone:
@@ -130,7 +132,7 @@ async def chat(body: SimpleChatRequest, request: Request) -> Response | SimpleCh
 async def chat_stream(body: SimpleChatRequest, request: Request) -> StreamingResponse:
     """SSE: ``data: {"text": piece}`` per token piece, then ``event: end`` with the finish reason
     and usage; a failure after the first event is an ``event: error`` just before the end."""
-    _, _, deltas = start_generation(request, body)
+    _, _, deltas = await start_generation(request, body)
     try:  # admission and the first token happen before the 200 is committed
         first = await anext(deltas)
     except BaseException:
