@@ -81,7 +81,7 @@ class SimpleChatResponse(BaseModel):
     """The answer of ``POST /chat``."""
 
     result: str
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "abort"] | None = None
     model: str
     usage: SimpleUsage | None = None
 
