@@ -109,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    import uvicorn
-
     from llmserve.log import configure_logging
-    from llmserve.server import multiproc
+    from llmserve.server import multiproc, serving
 
     configure_logging(settings.log_level)
     check_worker_limits(settings)
@@ -122,9 +120,7 @@ def _serve(settings: Settings) -> int:
     for name in [k for k in os.environ if k.startswith("LLMSERVE_")]:
         del os.environ[name]
     os.environ.update(settings.to_env())
-    uvicorn.run("llmserve.server.app:create_app_from_env", factory=True, workers=settings.workers,
-                host=settings.host, port=settings.port, log_config=None,
-                log_level=settings.log_level, timeout_graceful_shutdown=5)
+    serving.run(settings)  # SIGTERM drains (server/drain.py), then exits 0
     return 0
 
 

@@ -12,14 +12,17 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    """200 when every model is loaded, 503 while loading or when one failed to load."""
+    """200 when every model is loaded, 503 while loading, when one failed to load, or while draining."""
     registry = get_registry(request)
     models = {}
     for name, model in registry.models.items():
         stats = model.engine.stats()
         state = "failed" if name in registry.failures else "ready" if model.ready else "loading"
         models[name] = {"status": state, "running": stats.running, "waiting": stats.waiting}
-    if registry.failures:
+    drain = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:
+        status, code = "draining", 503  # SIGTERM: balancers stop sending here
+    elif registry.failures:
         status, code = "error", 503
     elif registry.ready:
         status, code = "ok", 200
