@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llmserve import __version__
+from llmserve.cli_batch import add_batch_parser, run_batch
 from llmserve.cli_keys import add_keys_parser, run_keys
 from llmserve.settings import ModelSettings, Settings
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="Benchmark OpenAI-compatible servers: throughput and latency per concurrency.")
     add_bench_arguments(bench)
     add_keys_parser(sub, add_settings_flags)  # llmserve keys create | list | revoke
+    add_batch_parser(sub, add_settings_flags)  # llmserve batch run | list | status
     return parser
 
 
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(args)
         if args.command == "keys":
             return run_keys(args, load_settings(args))
+        if args.command == "batch":
+            return run_batch(args, load_settings(args) if args.batch_command == "run" else None)
         return _models(args)
     except ValidationError as exc:
         for error in exc.errors():
