@@ -53,8 +53,8 @@ def parse_input(data: bytes, endpoint: str, max_lines: int) -> list[InputLine]:
             errors.append(bad.error)
         else:
             if line.custom_id in seen:
-                errors.append(LineError("duplicate_custom_id", f"custom_id {line.custom_id!r} is already used on line "
-                                        f"{seen[line.custom_id]}; every request needs its own", number, "custom_id"))
+                errors.append(LineError("duplicate_custom_id", f"line {number}: custom_id {line.custom_id!r} is already "
+                                        f"used on line {seen[line.custom_id]}; every request needs its own", number, "custom_id"))
             else:
                 seen[line.custom_id] = number
                 lines.append(line)
