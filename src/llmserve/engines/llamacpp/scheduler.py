@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 # a cross-slot KV copy moves a whole stream (~23 MB for the bundled model at 1024 cells: a few ms);
 # prefilling this many tokens costs far more
 MIN_COPY = 16
+# background (batch) sequences wait this long after the last live request before they run again, so
+# a steady stream of live requests is not slowed by batch work flapping in between them
+LIVE_LINGER_S = 0.2
 
 
 @dataclass(eq=False)
@@ -72,6 +75,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self.n_batch = ctx.n_batch
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._sampler = BatchSampler(model.n_vocab, n_slots)
+        self._live_seen = float("-inf")  # when a live request was last waiting or running
 
     def stop(self) -> None:
         super().stop()
@@ -86,6 +90,9 @@ class Scheduler(WorkerLoop[Sequence]):
         decoding, prefill = self._fill_batch()
         if decoding or prefill:
             self._decode(decoding, prefill, out)
+        elif self._waiting:  # only held-back batch work: sleep until a request comes or the hold ends
+            with self._cv:
+                self._cv.wait(LIVE_LINGER_S / 4)
         if out:
             self.emit(out)
 
@@ -102,6 +109,8 @@ class Scheduler(WorkerLoop[Sequence]):
             if not free:
                 return
             seq = self._next_waiting()
+            if seq is None:
+                return
             slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), not s.tokens, -s.last_used))
             keep = common_prefix(slot.tokens, seq.prompt)
             keep = max(keep, self._copy_prefix(slot, seq.prompt, keep, copied))
@@ -235,26 +244,33 @@ class Scheduler(WorkerLoop[Sequence]):
         self._forget(seq, waiting=False)
 
     # -- low priority: background sequences (batch lines) yield their slots to live requests -----------
-    def _next_waiting(self) -> Sequence:
-        """The next request to admit: live ones first, each class in arrival order."""
+    def _next_waiting(self) -> Sequence | None:
+        """The next request to admit: live ones first, in arrival order; background ones (lowest
+        priority value first) only while no live request is about (see ``_yield_to_live``)."""
         for seq in self._waiting:
             if seq.request.priority == PRIORITY_LIVE:
                 self._waiting.remove(seq)
                 return seq
-        return self._waiting.popleft()
+        if time.monotonic() - self._live_seen < LIVE_LINGER_S:
+            return None
+        seq = min(self._waiting, key=lambda s: s.request.priority)
+        self._waiting.remove(seq)
+        return seq
 
     def _yield_to_live(self) -> None:
-        """When live requests wait and too few slots are free, pauses that many background
-        sequences (lowest priority, then most recently started, first), so a live request waits
-        at most this one step behind batch work."""
-        live = sum(1 for seq in self._waiting if seq.request.priority == PRIORITY_LIVE)
+        """Background sequences run only on what live traffic leaves. On a CPU every sequence in a
+        step slows the step for all (a step of 8 costs ~3x a step of 2), so while a live request
+        waits or runs, every background sequence is paused: a live request waits at most this
+        one step behind batch work and streams as fast as on an idle server. Batch work resumes
+        ``LIVE_LINGER_S`` after the last live request, and keeps every slot busy while idle."""
+        live = any(seq.request.priority == PRIORITY_LIVE for seq in self._waiting) or any(
+            slot.seq is not None and slot.seq.request.priority == PRIORITY_LIVE for slot in self.slots)
         if not live:
             return
-        free = sum(1 for slot in self.slots if slot.seq is None)
-        busy = [slot for slot in self.slots if slot.seq is not None and slot.seq.request.priority > PRIORITY_LIVE]
-        busy.sort(key=lambda slot: (-slot.seq.request.priority, -(slot.seq.request.timing.started_at or 0.0)))
-        for slot in busy[:max(0, live - free)]:
-            self._pause(slot)
+        self._live_seen = time.monotonic()
+        for slot in self.slots:
+            if slot.seq is not None and slot.seq.request.priority > PRIORITY_LIVE:
+                self._pause(slot)
 
     def _pause(self, slot: Slot) -> None:
         """Takes a sequence off its slot and queues it again, its prompt now the original prompt plus
