@@ -190,6 +190,26 @@ def test_cancel_stops_new_lines_and_keeps_those_done(tmp_path):
             sdk.batches.cancel(completed.id)
 
 
+def test_expired_batch_keeps_what_is_done_and_reports_the_rest(tmp_path):
+    import sqlite3
+
+    slow = fake_model(token_delay=0.02, parallel=2)
+    with app_client(slow, settings=Settings(data_dir=str(tmp_path))) as client:
+        sdk = sdk_for(client)
+        source = sdk.files.create(file=("in.jsonl", jsonl(*[line(f"r{i}", "w " * 10) for i in range(30)])),
+                                  purpose="batch")
+        batch = sdk.batches.create(input_file_id=source.id, endpoint=CHAT, completion_window="24h")
+        while sdk.batches.retrieve(batch.id).request_counts.completed < 2:
+            time.sleep(0.02)
+        with sqlite3.connect(tmp_path / "llmserve.db") as db:  # the 24 hours are over
+            db.execute("UPDATE batches SET expires_at = 0 WHERE id = ?", (batch.id,))
+        done = wait_done(sdk, batch.id)
+        assert done.status == "expired" and done.expired_at
+        ok, failed = results(sdk, done.output_file_id), results(sdk, done.error_file_id)
+        assert len(ok) >= 2 and len(ok) + len(failed) == 30 and not set(ok) & set(failed)
+        assert {r["error"]["code"] for r in failed.values()} == {"batch_expired"}
+
+
 def test_each_key_sees_only_its_own(tmp_path):
     settings = Settings(data_dir=str(tmp_path), api_keys=["key-a", "key-b"])
     with app_client(fake_model(), settings=settings) as client:

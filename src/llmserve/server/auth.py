@@ -70,7 +70,7 @@ async def authenticate(conn: HTTPConnection) -> Identity:
 
 def owner_of(identity: Identity) -> str:
     """Whose files and batches these are: the key's subject, or one shared owner without auth."""
-    return "anonymous" if identity.name == "anonymous" else identity.subject
+    return "anonymous" if identity.subject.startswith("addr:") else identity.subject
 
 
 async def require_api_key(conn: HTTPConnection) -> Identity:
