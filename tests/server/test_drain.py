@@ -151,6 +151,22 @@ def test_sigterm_with_two_workers(tmp_path):
     log = tmp_path / "server.log"
     args = ["--config", str(fake_config(tmp_path, 0.02)), "--shutdown-timeout", "2"]
     with serve(args, tmp_path / "data", log, workers=2) as (url, proc):
+        # both workers serve the Files and Batch routes from one store; one of them runs the batches
+        import openai
+
+        sdk = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": CHAT, "body": {
+            "model": "fake-model", "messages": [{"role": "user", "content": "go"}], "max_tokens": 3}})
+            for i in range(20)]
+        source = sdk.files.create(file=("in.jsonl", "\n".join(lines).encode()), purpose="batch")
+        batch = sdk.batches.create(input_file_id=source.id, endpoint=CHAT, completion_window="24h")
+        deadline = time.monotonic() + 30
+        while (done := sdk.batches.retrieve(batch.id)).status != "completed":  # polls reach either worker
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        rows = sdk.files.content(done.output_file_id).text.splitlines()
+        assert sorted(json.loads(x)["custom_id"] for x in rows) == sorted(f"r{i}" for i in range(20))
+        assert log.read_text().count("this process runs batch jobs") == 1
         streams = [Stream(url, 40) for _ in range(3)] + [Stream(url, 1000) for _ in range(3)]
         for s in streams:
             s.start()
