@@ -23,16 +23,13 @@ import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 
 from serve_bench import PROMPTS, check_idle, free_port, server
 
 from llmserve.bench.client import first_model, open_session, stream_chat
-from llmserve.bench.runner import Target, drive, percentile, summarize
-
-HERE = Path(__file__).resolve().parent
+from llmserve.bench.runner import Target, drive, summarize
 
 
 def batch_lines(model: str, n: int, max_tokens: int) -> bytes:
