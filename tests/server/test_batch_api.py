@@ -9,6 +9,7 @@ import time
 import openai
 import pytest
 
+from llmserve.server.app import create_app
 from llmserve.settings import Settings
 from tests.conftest import app_client, fake_model
 
@@ -241,3 +242,55 @@ def test_metrics_count_lines_and_batches(client):
     text = client.get("/metrics").text
     assert 'llmserve:batches{status="completed"} 1.0' in text
     assert 'llmserve:batch_lines{state="queued"} 0.0' in text
+
+
+# (method, path) of the Files and Batch routes as /openapi.json names them (tests/server/test_openapi.py)
+BATCH_ROUTES = {("POST", "/v1/files"), ("GET", "/v1/files"), ("GET", "/v1/files/{file_id}"),
+                ("DELETE", "/v1/files/{file_id}"), ("GET", "/v1/files/{file_id}/content"),
+                ("POST", "/v1/batches"), ("GET", "/v1/batches"), ("GET", "/v1/batches/{batch_id}"),
+                ("POST", "/v1/batches/{batch_id}/cancel")}
+
+
+def test_every_status_of_the_routes_is_documented(tmp_path):
+    doc = create_app(Settings(engine="fake", data_dir=str(tmp_path))).openapi()
+    seen: set[tuple[str, str, int]] = set()
+    settings = Settings(data_dir=str(tmp_path), api_keys=["k"], batch_max_file_bytes=1000)
+    with app_client(fake_model(), settings=settings) as client:
+        key = {"authorization": "Bearer k"}
+
+        def hit(method: str, template: str, path: str, **kw) -> dict:
+            r = client.request(method, path, **kw)
+            seen.add((method, template, r.status_code))
+            return r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+
+        upload = {"files": {"file": ("in.jsonl", jsonl(line("a")))}, "data": {"purpose": "batch"}}
+        file_id = hit("POST", "/v1/files", "/v1/files", headers=key, **upload)["id"]
+        hit("POST", "/v1/files", "/v1/files", **upload)  # 401
+        hit("POST", "/v1/files", "/v1/files", headers=key, data={"purpose": "batch"})  # 400
+        hit("POST", "/v1/files", "/v1/files", headers=key, files={"file": ("x", b"x" * 5000)},
+            data={"purpose": "batch"})  # 413
+        for method, template in (("GET", "/v1/files/{file_id}"), ("GET", "/v1/files/{file_id}/content")):
+            for fid, headers in ((file_id, key), ("file-nope", key), (file_id, {})):
+                hit(method, template, template.replace("{file_id}", fid), headers=headers)
+        for query, headers in (("", key), ("?limit=0", key), ("", {})):
+            hit("GET", "/v1/files", "/v1/files" + query, headers=headers)
+            hit("GET", "/v1/batches", "/v1/batches" + query, headers=headers)
+        create = {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h"}
+        batch_id = hit("POST", "/v1/batches", "/v1/batches", headers=key, json=create)["id"]
+        hit("POST", "/v1/batches", "/v1/batches", headers=key, json={**create, "input_file_id": "file-nope"})
+        hit("POST", "/v1/batches", "/v1/batches", headers=key, json={**create, "completion_window": "1h"})
+        hit("POST", "/v1/batches", "/v1/batches", json=create)
+        for bid, headers in ((batch_id, key), ("batch_nope", key), (batch_id, {})):
+            hit("GET", "/v1/batches/{batch_id}", f"/v1/batches/{bid}", headers=headers)
+            hit("POST", "/v1/batches/{batch_id}/cancel", f"/v1/batches/{bid}/cancel", headers=headers)
+        sdk = sdk_for(client, "k")
+        wait_done(sdk, run_batch(sdk, jsonl(line("b"))).id)
+        done = [b for b in sdk.batches.list() if b.status == "completed"][0]
+        hit("POST", "/v1/batches/{batch_id}/cancel", f"/v1/batches/{done.id}/cancel", headers=key)  # 409
+        for fid, headers in ((file_id, key), (file_id, key), (file_id, {})):  # 200, then 404, 401
+            hit("DELETE", "/v1/files/{file_id}", f"/v1/files/{fid}", headers=headers)
+    ops = {(m.upper(), p): op for p, v in doc["paths"].items() for m, op in v.items()}
+    assert {(m, p) for m, p, _ in seen} == BATCH_ROUTES
+    assert {s for _, _, s in seen} == {200, 400, 401, 404, 409, 413}
+    for method, path, status in seen:
+        assert str(status) in ops[(method, path)]["responses"], (method, path, status)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmserve.batch.lines import ENDPOINTS
+from llmserve.server.protocol import ErrorResponse
 
 Endpoint = Literal[ENDPOINTS]  # type: ignore[valid-type]
 
@@ -95,3 +96,11 @@ class BatchList(BaseModel):
     has_more: bool = False
     first_id: str | None = None
     last_id: str | None = None
+
+
+def not_found(what: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entry of a route that looks up a file or batch of the caller's."""
+    return {404: {"model": ErrorResponse, "description": f"No such {what} (or it belongs to another API key)"}}
+
+
+CONFLICT = {409: {"model": ErrorResponse, "description": "The batch is already finalizing or finished"}}

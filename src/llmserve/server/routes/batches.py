@@ -11,14 +11,16 @@ from llmserve.batch.store import IllegalTransition, JobStore
 from llmserve.errors import Conflict, InvalidRequest, NotFound
 from llmserve.server.auth import Identity, owner_of, require_api_key
 from llmserve.server.jobs import get_jobs
-from llmserve.server.protocol_batch import BatchCreateRequest, BatchList, BatchObject
+from llmserve.server.openapi import errors
+from llmserve.server.body import JSONBodyRoute
+from llmserve.server.protocol_batch import CONFLICT, BatchCreateRequest, BatchList, BatchObject, not_found
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 WINDOWS = {"24h": 24 * 3600}
 
 
-@router.post("/batches")
+@router.post("/batches", responses=not_found("input file"))
 async def create_batch(body: BatchCreateRequest, request: Request,
                        identity: Identity = Depends(require_api_key)) -> BatchObject:
     jobs, owner = get_jobs(request), owner_of(identity)
@@ -42,12 +44,12 @@ async def _batch(request: Request, identity: Identity, batch_id: str) -> dict:
     return record
 
 
-@router.get("/batches/{batch_id}")
+@router.get("/batches/{batch_id}", responses=not_found("batch"))
 async def retrieve_batch(batch_id: str, request: Request, identity: Identity = Depends(require_api_key)) -> BatchObject:
     return BatchObject.from_record(await _batch(request, identity, batch_id))
 
 
-@router.get("/batches")
+@router.get("/batches", responses=errors(400))
 async def list_batches(request: Request, identity: Identity = Depends(require_api_key), after: str | None = None,
                        limit: int = Query(20, ge=1, le=100)) -> BatchList:
     rows, more = await get_jobs(request).call(JobStore.list_batches, owner_of(identity), after=after, limit=limit)
@@ -56,7 +58,7 @@ async def list_batches(request: Request, identity: Identity = Depends(require_ap
                      last_id=data[-1].id if data else None)
 
 
-@router.post("/batches/{batch_id}/cancel")
+@router.post("/batches/{batch_id}/cancel", responses={**not_found("batch"), **CONFLICT})
 async def cancel_batch(batch_id: str, request: Request, identity: Identity = Depends(require_api_key)) -> BatchObject:
     jobs = get_jobs(request)
     record = await _batch(request, identity, batch_id)

@@ -17,7 +17,8 @@ from llmserve.batch.store import JobStore
 from llmserve.errors import InvalidRequest, NotFound, RequestTooLarge
 from llmserve.server.auth import Identity, owner_of, require_api_key
 from llmserve.server.jobs import get_jobs
-from llmserve.server.protocol_batch import FileDeleted, FileList, FileObject
+from llmserve.server.openapi import errors
+from llmserve.server.protocol_batch import FileDeleted, FileList, FileObject, not_found
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -48,7 +49,7 @@ async def create_file(request: Request, file: UploadFile = File(...), purpose: s
     return FileObject.from_record(record)
 
 
-@router.get("/files")
+@router.get("/files", responses=errors(400))
 async def list_files(request: Request, identity: Identity = Depends(require_api_key),
                      after: str | None = None, limit: int = Query(10000, ge=1, le=10000),
                      order: Literal["asc", "desc"] = "desc", purpose: str | None = None) -> FileList:
@@ -66,19 +67,19 @@ async def _file(request: Request, identity: Identity, file_id: str) -> dict:
     return record
 
 
-@router.get("/files/{file_id}")
+@router.get("/files/{file_id}", responses=not_found("file"))
 async def retrieve_file(file_id: str, request: Request, identity: Identity = Depends(require_api_key)) -> FileObject:
     return FileObject.from_record(await _file(request, identity, file_id))
 
 
-@router.get("/files/{file_id}/content")
+@router.get("/files/{file_id}/content", responses={200: {"content": {"application/octet-stream": {}}, "description": "The file as uploaded or written"}, **not_found("file")})
 async def file_content(file_id: str, request: Request, identity: Identity = Depends(require_api_key)) -> FileResponse:
     record = await _file(request, identity, file_id)
     return FileResponse(get_jobs(request).store.sync.path_of(file_id), media_type="application/octet-stream",
                         filename=record["filename"])
 
 
-@router.delete("/files/{file_id}")
+@router.delete("/files/{file_id}", responses=not_found("file"))
 async def delete_file(file_id: str, request: Request, identity: Identity = Depends(require_api_key)) -> FileDeleted:
     if not await get_jobs(request).call(JobStore.delete_file, owner_of(identity), file_id):
         raise NotFound(f"No such File object: {file_id}", param="file_id")

@@ -20,12 +20,12 @@ class ModelHealth(BaseModel):
 class HealthStatus(BaseModel):
     """The body of /health, 200 and 503 alike."""
 
-    status: str  # ok | loading | error
+    status: str  # ok | loading | error | draining
     models: dict[str, ModelHealth]
 
 
 @router.get("/health", response_model=HealthStatus,
-            responses={503: {"model": HealthStatus, "description": "A model is still loading, or failed to load"}})
+            responses={503: {"model": HealthStatus, "description": "A model is still loading, failed to load or stalled, or the server is draining (SIGTERM)"}})
 async def health(request: Request) -> JSONResponse:
     """200 when every model is loaded, 503 while loading, when one failed to load, when one's
     engine stalled (work in flight and no step finished for ``--watchdog-timeout`` seconds), or
