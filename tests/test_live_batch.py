@@ -20,6 +20,9 @@ pytestmark = pytest.mark.live
 CHAT = "/v1/chat/completions"
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 FRANCE = "What is the capital of France? Answer in one word."
+YES_NO = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
 ARGS = ["--threads", str(THREADS), "--parallel", "4", "--ctx-size", "4096"]
 
 
@@ -57,14 +60,21 @@ def output_ids(sdk: openai.OpenAI, batch) -> list[str]:
 def test_sdk_end_to_end_on_the_real_model(tmp_path):
     lines = [request_line("france", FRANCE, 8, temperature=0),
              request_line("short", "Count to three.", 4),
-             request_line("too-long", "word " * 5000, 8)]  # over the 1024-token slot: to the error file
+             request_line("too-long", "word " * 5000, 8),  # over the 1024-token slot: to the error file
+             # structured output and tools: whatever the chat route supports, a batch line gets
+             request_line("json", "Is Paris in France?", 30, temperature=0, response_format={
+                 "type": "json_schema", "json_schema": {"name": "a", "schema": YES_NO}}),
+             request_line("tool", "Weather in Paris?", 60, temperature=0, tools=[WEATHER], tool_choice="required")]
     with serve(ARGS, tmp_path / "data", tmp_path / "server.log") as (url, proc):
         sdk = openai.OpenAI(base_url=url + "/v1", api_key="unused")
         done = wait_status(sdk, submit(sdk, lines).id, "completed")
-        assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+        assert (done.request_counts.completed, done.request_counts.failed) == (4, 1)
         out = {json.loads(x)["custom_id"]: json.loads(x) for x in sdk.files.content(done.output_file_id).text.splitlines()}
         assert "Paris" in out["france"]["response"]["body"]["choices"][0]["message"]["content"]
         assert out["short"]["response"]["body"]["usage"]["completion_tokens"] <= 4
+        assert json.loads(out["json"]["response"]["body"]["choices"][0]["message"]["content"])["answer"] in ("yes", "no")
+        [call] = out["tool"]["response"]["body"]["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather" and "city" in json.loads(call["function"]["arguments"])
         [error] = [json.loads(x) for x in sdk.files.content(done.error_file_id).text.splitlines()]
         assert error["custom_id"] == "too-long" and error["response"]["status_code"] == 400
         assert error["response"]["body"]["error"]["code"] == "context_length_exceeded"
