@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +31,9 @@ from llmserve.settings import ModelSettings, Settings
 # threads outnumber the free cores (seen here: seconds per decode step under such load).
 THREADS = int(os.environ.get("LLMSERVE_TEST_THREADS", "1"))
 # batch jobs of every app and server the tests start live here, never in the user's data directory
-os.environ.setdefault("LLMSERVE_DATA_DIR", tempfile.mkdtemp(prefix="llmserve-test-data-"))
+if "LLMSERVE_DATA_DIR" not in os.environ:
+    os.environ["LLMSERVE_DATA_DIR"] = tempfile.mkdtemp(prefix="llmserve-test-data-")
+    atexit.register(shutil.rmtree, os.environ["LLMSERVE_DATA_DIR"], ignore_errors=True)
 T = TypeVar("T")
 
 
