@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from llmserve import __version__
+from llmserve.cli_batch import add_batch_parser, run_batch
 from llmserve.cli_keys import add_keys_parser, run_keys
 from llmserve.errors import LLMServeError
 from llmserve.settings import ModelSettings, Settings
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="Benchmark OpenAI-compatible servers: throughput and latency per concurrency.")
     add_bench_arguments(bench)
     add_keys_parser(sub, add_settings_flags)  # llmserve keys create | list | revoke
+    add_batch_parser(sub, add_settings_flags)  # llmserve batch run | list | status
     return parser
 
 
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(args)
         if args.command == "keys":
             return run_keys(args, load_settings(args))
+        if args.command == "batch":
+            return run_batch(args, load_settings(args) if args.batch_command == "run" else None)
         return _models(args)
     except ValidationError as exc:
         for error in exc.errors():
@@ -156,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    import uvicorn
-
     from llmserve.log import configure_logging
-    from llmserve.server import multiproc
+    from llmserve.server import multiproc, serving
 
     configure_logging(settings.log_level)
     check_worker_limits(settings)
@@ -171,9 +173,7 @@ def _serve(settings: Settings) -> int:
     for name in [k for k in os.environ if k.startswith("LLMSERVE_")]:
         del os.environ[name]
     os.environ.update(settings.to_env())
-    uvicorn.run("llmserve.server.app:create_app_from_env", factory=True, workers=settings.workers,
-                host=settings.host, port=settings.port, log_config=None,
-                log_level=settings.log_level, timeout_graceful_shutdown=5)
+    serving.run(settings)  # SIGTERM drains (server/drain.py), then exits 0
     return 0
 
 

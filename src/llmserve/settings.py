@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL (redis://host:port/db) for rate-limit counters shared by all workers; unset: in-process counters.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, each loading its own engine; rate limits across workers need --redis-url.")
     # -- end API keys, rate limits, worker processes ----------------------------------------------
+    # -- batch jobs and graceful shutdown (batch/, server/drain.py) --------------------------------
+    data_dir: str = Field(default_factory=lambda: str(default_data_dir()), description="Directory for uploaded files and batch jobs (SQLite in WAL mode plus plain files); batches resume from it after a restart.")
+    batch_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files (OpenAI's limit: 200 MB).")
+    batch_max_lines: int = Field(50_000, ge=1, description="Most requests one batch input file may hold (OpenAI's limit: 50,000).")
+    batch_concurrency: int = Field(0, ge=0, description="Batch lines in flight per model (0: the model's --parallel slots, so an idle server keeps every slot busy; live requests still come first).")
+    shutdown_timeout: float = Field(30.0, ge=0, description="On SIGTERM: seconds in-flight requests get to finish (/health answers 503 draining meanwhile); then streams end with a server_shutting_down error event. A second signal stops at once.")
+    # -- end batch jobs and graceful shutdown ---------------------------------------------------------
 
     model: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
     served_model_name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")
@@ -236,6 +243,12 @@ class Settings(BaseSettings):
 
         layered = _Layered(**(overrides or {}))
         return cls.model_validate(layered.model_dump())
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/llmserve``, else ``~/.local/share/llmserve`` (the user's data directory)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llmserve"
 
 
 def _file_source(config_file: str | Path | None):

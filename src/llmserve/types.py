@@ -95,14 +95,22 @@ class RequestTiming:
 ALL_SAMPLING: frozenset[str] = frozenset(f.name for f in fields(SamplingParams))
 
 
+PRIORITY_LIVE = 0  # an interactive request
+PRIORITY_BATCH = 1  # a batch line: runs only on what live traffic leaves (see GenerationRequest.priority)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One generation. ``prompt_tokens`` are already rendered and tokenized."""
+    """One generation. ``prompt_tokens`` are already rendered and tokenized.
+
+    ``priority``: lower runs first. Above ``PRIORITY_LIVE`` a request is background work: it takes
+    only free slots, and an engine that can pauses it when a live request would otherwise wait."""
 
     request_id: str
     prompt_tokens: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     constraint: Constraint | None = None
+    priority: int = PRIORITY_LIVE
     timing: RequestTiming = field(default_factory=RequestTiming, compare=False, repr=False)
 
 

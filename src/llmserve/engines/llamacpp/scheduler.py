@@ -9,6 +9,7 @@ token budget allows, decode it, and sample every sequence that produced logits.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,12 +21,15 @@ from llmserve.engines.llamacpp.sampler import BatchSampler, SequenceSampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
 from llmserve.errors import EngineError, LLMServeError
 from llmserve.structured import GrammarViolation, Guide, MaskBatch, apply_bitmask
-from llmserve.types import Delta, FinishReason, Usage
+from llmserve.types import PRIORITY_LIVE, Delta, FinishReason, Usage
 
 logger = logging.getLogger(__name__)
 # a cross-slot KV copy moves a whole stream (~23 MB for the bundled model at 1024 cells: a few ms);
 # prefilling this many tokens costs far more
 MIN_COPY = 16
+# background (batch) sequences wait this long after the last live request before they run again, so
+# a steady stream of live requests is not slowed by batch work flapping in between them
+LIVE_LINGER_S = 0.2
 
 
 @dataclass(eq=False)
@@ -40,6 +44,8 @@ class Sequence(Queued):
     sampler: SequenceSampler | None = None
     guide: Guide | None = None  # structured output: masks this sequence's tokens
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    n_resumed: int = 0  # generated tokens moved into the prompt by pauses (see _yield_to_live)
+    cached_at_start: int | None = None  # n_cached of the first admission, once paused
 
 
 @dataclass(eq=False)
@@ -72,6 +78,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._sampler = BatchSampler(model.n_vocab, n_slots)
         self._masks = MaskBatch(n_slots, model.n_vocab)  # one row per slot
+        self._live_seen = float("-inf")  # when a live request was last waiting or running
 
     def stop(self) -> None:
         super().stop()
@@ -82,10 +89,14 @@ class Scheduler(WorkerLoop[Sequence]):
     def _step(self) -> None:
         out: list[tuple[Sequence, Output]] = []
         self._reap(out)
+        self._yield_to_live()
         self._admit(out)
         decoding, prefill = self._fill_batch()
         if decoding or prefill:
             self._decode(decoding, prefill, out)
+        elif self._waiting:  # only held-back batch work: sleep until a request comes or the hold ends
+            with self._cv:
+                self._cv.wait(LIVE_LINGER_S / 4)
         if out:
             self.emit(out)
 
@@ -101,7 +112,9 @@ class Scheduler(WorkerLoop[Sequence]):
             free = [s for s in self.slots if s.seq is None]
             if not free:
                 return
-            seq = self._waiting.popleft()
+            seq = self._next_waiting()
+            if seq is None:
+                return
             slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), not s.tokens, -s.last_used))
             keep = common_prefix(slot.tokens, seq.prompt)
             keep = max(keep, self._copy_prefix(slot, seq.prompt, keep, copied))
@@ -112,8 +125,9 @@ class Scheduler(WorkerLoop[Sequence]):
             del slot.tokens[keep:]
             seq.slot, slot.seq = slot, seq
             seq.n_prefilled = seq.n_cached = keep
-            seq.sampler = SequenceSampler(seq.request.sampling, n_vocab=self.model.n_vocab,
-                                          penalty_window=self.ctx.n_ctx_seq)
+            if seq.sampler is None:  # a resumed sequence keeps its own (its RNG and penalty history)
+                seq.sampler = SequenceSampler(seq.request.sampling, n_vocab=self.model.n_vocab,
+                                              penalty_window=self.ctx.n_ctx_seq)
             self._started([seq])
 
     def _copy_prefix(self, slot: Slot, prompt: tuple[int, ...], have: int, copied: set[int]) -> int:
@@ -250,7 +264,8 @@ class Scheduler(WorkerLoop[Sequence]):
     @staticmethod
     def _usage(seq: Sequence, extra: int = 0) -> Usage:
         """``extra`` counts an end-of-generation token, which vLLM counts as generated too."""
-        return Usage(len(seq.prompt), len(seq.generated) + extra, seq.n_cached)
+        cached = seq.n_cached if seq.cached_at_start is None else seq.cached_at_start
+        return Usage(len(seq.prompt) - seq.n_resumed, len(seq.generated) + seq.n_resumed + extra, cached)
 
     def _finish(self, seq: Sequence, delta: Delta) -> Delta:
         self._release(seq.slot)
@@ -267,6 +282,60 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.sampler.close()
             seq.sampler = None
         self._forget(seq, waiting=False)
+
+    # -- low priority: background sequences (batch lines) yield their slots to live requests -----------
+    def _next_waiting(self) -> Sequence | None:
+        """The next request to admit: live ones first, in arrival order; background ones (lowest
+        priority value first) only while no live request is about (see ``_yield_to_live``)."""
+        for seq in self._waiting:
+            if seq.request.priority == PRIORITY_LIVE:
+                self._waiting.remove(seq)
+                return seq
+        if time.monotonic() - self._live_seen < LIVE_LINGER_S:
+            return None
+        seq = min(self._waiting, key=lambda s: s.request.priority)
+        self._waiting.remove(seq)
+        return seq
+
+    def _yield_to_live(self) -> None:
+        """Background sequences run only on what live traffic leaves. On a CPU every sequence in a
+        step slows the step for all (a step of 8 costs ~3x a step of 2), so while a live request
+        waits or runs, every background sequence is paused: a live request waits at most this
+        one step behind batch work and streams as fast as on an idle server. Batch work resumes
+        ``LIVE_LINGER_S`` after the last live request, and keeps every slot busy while idle."""
+        live = any(seq.request.priority == PRIORITY_LIVE for seq in self._waiting) or any(
+            slot.seq is not None and slot.seq.request.priority == PRIORITY_LIVE for slot in self.slots)
+        if not live:
+            return
+        self._live_seen = time.monotonic()
+        for slot in self.slots:
+            if slot.seq is not None and slot.seq.request.priority > PRIORITY_LIVE:
+                self._pause(slot)
+
+    def _pause(self, slot: Slot) -> None:
+        """Takes a sequence off its slot and queues it again, its prompt now the original prompt plus
+        the tokens generated so far (the last one sampled and streamed but not decoded yet). The
+        slot's KV keeps that prefix (prefix reuse makes the resume cheap if the slot is still
+        free), and the sequence keeps its sampler and decoder: its stream continues seamlessly."""
+        seq = slot.seq
+        slot.seq, seq.slot = None, None
+        slot.last_used = time.monotonic()
+        if seq.cached_at_start is None:
+            seq.cached_at_start = seq.n_cached
+        done = tuple(seq.generated)
+        sampling = seq.request.sampling
+        if sampling.max_tokens is not None:
+            sampling = dataclasses.replace(sampling, max_tokens=sampling.max_tokens - len(done))
+        seq.request = dataclasses.replace(seq.request, prompt_tokens=seq.request.prompt_tokens + done,
+                                          sampling=sampling)
+        seq.n_resumed += len(done)
+        seq.generated = []
+        seq.pending = None
+        with self._cv:
+            self.n_running -= 1
+            self.n_waiting += 1
+        self._waiting.append(seq)
+        logger.debug("paused background request %s after %d tokens", seq.request.request_id, seq.n_resumed)
 
     def _fail_running(self, error: LLMServeError) -> list[tuple[Sequence, Output]]:
         out: list[tuple[Sequence, Output]] = []
