@@ -60,7 +60,7 @@ def test_errors_surface_as_sdk_exceptions(sdk):
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="nope", messages=FRANCE)
     with pytest.raises(openai.BadRequestError) as info:
-        sdk.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=FRANCE, n=3)
+        sdk.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=FRANCE, n=100)  # > slots
     assert info.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError) as info:
         sdk.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1",

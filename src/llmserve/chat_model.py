@@ -13,11 +13,14 @@ from typing import Any
 from llmserve.engines import create_engine
 from llmserve.engines.base import Engine
 from llmserve.errors import ContextLengthExceeded, InvalidRequest, ModelLoading, UnsupportedParameter
+from llmserve.fanout import fan_out
 from llmserve.settings import ModelSettings
 from llmserve.stops import StopMatcher
 from llmserve.types import Completion, Delta, FinishReason, GenerationRequest, Message, SamplingParams, Usage
 
 MessagesLike = str | Sequence[Message | dict[str, Any]]
+# SamplingParams fields a client sets under another name
+_WIRE_NAMES = {"prompt_logprobs": "echo"}
 
 
 def to_messages(messages: MessagesLike) -> list[Message]:
@@ -84,7 +87,14 @@ class AsyncChatModel:
         defaults = SamplingParams()
         for f in dataclasses.fields(SamplingParams):
             if f.name not in supported and getattr(sampling, f.name) != getattr(defaults, f.name):
-                raise UnsupportedParameter(f"{f.name} is not supported by the {self.settings.engine} engine", param=f.name)
+                what = "echo with logprobs" if f.name == "prompt_logprobs" else f.name
+                raise UnsupportedParameter(f"{what} is not supported by the {self.settings.engine} engine",
+                                           param=_WIRE_NAMES.get(f.name, f.name))
+        n_vocab = self.engine.capabilities.vocab_size
+        bad = [t for t, _ in sampling.logit_bias if not 0 <= t < n_vocab] if n_vocab else []
+        if bad:
+            raise InvalidRequest(f"logit_bias: token id {bad[0]} is not in the vocabulary (0..{n_vocab - 1})",
+                                 param="logit_bias")
 
     def render(self, messages: MessagesLike) -> str:
         return self.engine.render_chat(to_messages(messages))
@@ -113,6 +123,16 @@ class AsyncChatModel:
             )
         return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", tokens, sampling)
 
+    def build_requests(
+        self, prompt: str | Sequence[int], sampling: SamplingParams, request_id: str | None = None, *, n: int = 1
+    ) -> list[GenerationRequest]:
+        """The ``n`` engine requests of one call with ``n`` choices (see ``llmserve.fanout``).
+        ``n`` beyond the engine's slots could never run together: InvalidRequest."""
+        if n > self.settings.parallel:
+            raise InvalidRequest(f"n is {n}, but model {self.name!r} runs at most {self.settings.parallel} "
+                                 "sequences at once (--parallel)", param="n")
+        return fan_out(self.build_request(prompt, sampling, request_id), n)
+
     # -- generation ----------------------------------------------------------------------------
     async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Engine deltas with stop strings applied. Closing this iterator aborts the request."""
@@ -125,7 +145,7 @@ class AsyncChatModel:
                 text, hit = matcher.feed(delta.text)
                 if hit:
                     usage = delta.usage or Usage(len(request.prompt_tokens), n_generated)
-                    yield Delta(text, delta.token_ids, FinishReason.STOP, usage)
+                    yield dataclasses.replace(delta, text=text, finish_reason=FinishReason.STOP, usage=usage)
                     return
                 if delta.finish_reason is not None:
                     text += matcher.flush()

@@ -237,8 +237,6 @@ def test_context_overflow_is_400(api):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
 ])

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from llmserve.errors import UnsupportedParameter
-from llmserve.server.protocol import ChatCompletionRequest, ChatMessage, SamplingFields, UsageInfo, PromptTokensDetails
+from llmserve.server.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    PromptTokensDetails,
+    SamplingFields,
+    UsageInfo,
+)
 from llmserve.types import Message, SamplingParams, Usage
 
 
@@ -24,11 +33,23 @@ def sampling_from(body: SamplingFields, *, max_tokens: int | None = None) -> Sam
         frequency_penalty=body.frequency_penalty,
         repetition_penalty=body.repetition_penalty,
         ignore_eos=body.ignore_eos,
+        logit_bias=tuple((int(k), float(v)) for k, v in (body.logit_bias or {}).items()),
     )
 
 
 def chat_sampling(body: ChatCompletionRequest) -> SamplingParams:
-    return sampling_from(body, max_tokens=body.max_completion_tokens or body.max_tokens)
+    sampling = sampling_from(body, max_tokens=body.max_completion_tokens or body.max_tokens)
+    if body.logprobs:
+        sampling = replace(sampling, logprobs=body.top_logprobs or 0)
+    return sampling
+
+
+def completion_sampling(body: CompletionRequest) -> SamplingParams:
+    """``logprobs: k`` for the generated tokens; with ``echo``, for the prompt's too."""
+    sampling = sampling_from(body)
+    if body.logprobs is not None:
+        sampling = replace(sampling, logprobs=body.logprobs, prompt_logprobs=body.logprobs if body.echo else None)
+    return sampling
 
 
 def to_message(m: ChatMessage) -> Message:

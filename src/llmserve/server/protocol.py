@@ -58,10 +58,6 @@ class ResponseFormat(Strict):
 # Parameters the OpenAI API defines that no engine honours yet: accepted only at their default,
 # anything else is a 400 that names the parameter (never silently ignored).
 UNSUPPORTED_UNLESS_DEFAULT: dict[str, Any] = {
-    "n": 1,
-    "logprobs": False,
-    "top_logprobs": None,
-    "logit_bias": None,
     "tools": None,
     "tool_choice": None,
     "parallel_tool_calls": None,
@@ -74,7 +70,6 @@ UNSUPPORTED_UNLESS_DEFAULT: dict[str, Any] = {
     "reasoning_effort": None,
     "web_search_options": None,
     "store": False,
-    "echo": False,
     "best_of": None,
     "suffix": None,
 }
@@ -97,11 +92,10 @@ class SamplingFields(Strict):
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    n: int = Field(1, ge=1, le=128, description="choices to generate (each its own sequence; seed + i for choice i)")
+    logit_bias: dict[str, float] | None = Field(
+        None, description="token id -> bias in -100..100 added to its logit (-100 bans, 100 forces)")
     # known but not honoured yet
-    n: int = Field(1, ge=1, le=128)
-    logprobs: bool | int | None = False
-    top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -122,6 +116,11 @@ class SamplingFields(Strict):
             raise ValueError("stop takes at most 16 sequences")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        for key, value in (self.logit_bias or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias: {key!r} is not a token id")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"logit_bias: the bias of token {key} must be between -100 and 100")
         return self
 
     def unsupported(self) -> str | None:
@@ -141,11 +140,21 @@ class SamplingFields(Strict):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = Field(False, description="return the log-probability of each output token")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: the likeliest tokens at each position")
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: logprobs must be true when top_logprobs is set")
+        return self
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20, description="log-probabilities of the output tokens and of "
+                                 "this many likeliest tokens at each position")
+    echo: bool = Field(False, description="the prompt before the completion (with logprobs: the prompt's too)")
     best_of: int | None = None
     suffix: str | None = None
 
@@ -167,11 +176,25 @@ class AssistantMessage(BaseModel):
     content: str | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobInfo(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobInfo] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -193,7 +216,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -233,10 +256,19 @@ class ErrorResponse(BaseModel):
 
 
 # -- operations: completions, embeddings, tokenize (vLLM's shapes) -----------------------------------
+class CompletionLogprobs(BaseModel):
+    """The legacy shape: per token its text, logprob, likeliest alternatives and text offset."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

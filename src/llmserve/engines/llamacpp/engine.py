@@ -139,7 +139,8 @@ class LlamaCppEngine(Engine):
         if self.embedding_only:
             return Capabilities(sampling=frozenset(), max_context=self.embedder.n_ctx if self.embedder else 0,
                                 chat_template=False)
-        return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0)
+        return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0,
+                            vocab_size=self.model.n_vocab if self.model else 0)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

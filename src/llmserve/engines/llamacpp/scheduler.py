@@ -9,17 +9,19 @@ token budget allows, decode it, and sample every sequence that produced logits.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
+from llmserve.engines.llamacpp.logprobs import LogprobRecorder
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.sampler import BatchSampler, SequenceSampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
 from llmserve.errors import EngineError, LLMServeError
-from llmserve.types import Delta, FinishReason, Usage
+from llmserve.types import Delta, FinishReason, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
 # a cross-slot KV copy moves a whole stream (~23 MB for the bundled model at 1024 cells: a few ms);
@@ -38,6 +40,9 @@ class Sequence(Queued):
     pending: int | None = None  # sampled, emitted, not yet decoded
     sampler: SequenceSampler | None = None
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    # prompt logprobs (echo): records so far, and the batch index of this step's first prompt token
+    prompt_lp: list[TokenLogprob | None] | None = None
+    prompt_row: int = -1
 
 
 @dataclass(eq=False)
@@ -69,6 +74,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self.n_batch = ctx.n_batch
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._sampler = BatchSampler(model.n_vocab, n_slots)
+        self._logprobs = LogprobRecorder(model.n_vocab, model.piece)
 
     def stop(self) -> None:
         super().stop()
@@ -102,6 +108,8 @@ class Scheduler(WorkerLoop[Sequence]):
             keep = common_prefix(slot.tokens, seq.prompt)
             keep = max(keep, self._copy_prefix(slot, seq.prompt, keep, copied))
             keep = min(keep, len(seq.prompt) - 1)  # the last prompt token is decoded again for its logits
+            if seq.request.sampling.prompt_logprobs is not None:
+                keep = 0  # prompt logprobs need the logits of every prompt position
             if not self.ctx.seq_rm(slot.seq_id, keep, -1):
                 self.ctx.seq_rm(slot.seq_id)
                 keep = 0
@@ -161,8 +169,10 @@ class Scheduler(WorkerLoop[Sequence]):
             chunk = seq.prompt[seq.n_prefilled: seq.n_prefilled + budget]
             last = seq.n_prefilled + len(chunk) == len(seq.prompt)
             base = len(slot.tokens)
+            every = seq.request.sampling.prompt_logprobs is not None
+            seq.prompt_row = n
             for i, token in enumerate(chunk):
-                add(token, base + i, slot.seq_id, last and i == len(chunk) - 1)
+                add(token, base + i, slot.seq_id, every or (last and i == len(chunk) - 1))
             prefill.append((seq, len(chunk), n - 1 if last else -1))
         batch.n_tokens = n
         return decoding, prefill
@@ -188,9 +198,36 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.n_prefilled += length
             if idx >= 0:
                 sample.append((seq, idx))
+            if seq.request.sampling.prompt_logprobs is not None:
+                self._score_prompt(seq, length)
         tokens = self._sampler.sample(self.ctx.ptr, [(seq.sampler, idx) for seq, idx in sample])
-        for (seq, _), token in zip(sample, tokens):
-            out.append((seq, self._advance(seq, token)))
+        for (seq, idx), token in zip(sample, tokens):
+            out.append((seq, self._with_logprobs(seq, idx, token, self._advance(seq, token))))
+
+    # -- logprobs: only for the sequences that asked ------------------------------------------
+    def _score_prompt(self, seq: Sequence, length: int) -> None:
+        """Records the logprobs of the prompt tokens this step's chunk (just decoded) predicts."""
+        if seq.prompt_lp is None:
+            seq.prompt_lp = [None]  # the first prompt token has nothing before it
+        start = seq.n_prefilled - length  # prompt position of the chunk's first token
+        k = seq.request.sampling.prompt_logprobs
+        for j in range(length):
+            nxt = start + j + 1
+            if nxt < len(seq.prompt):
+                row = self._sampler.logits(self.ctx.ptr, seq.prompt_row + j)
+                seq.prompt_lp.append(self._logprobs.record(row, seq.prompt[nxt], k))
+
+    def _with_logprobs(self, seq: Sequence, idx: int, token: int, output: Output) -> Output:
+        """The step's output with the sampled token's logprobs (and, first, the prompt's)."""
+        k = seq.request.sampling.logprobs
+        if (k is None and seq.prompt_lp is None) or not isinstance(output, Delta):
+            return output
+        extra = {}
+        if k is not None and not (self.model.is_eog(token) and output.finish_reason is FinishReason.STOP):
+            extra["logprobs"] = (self._logprobs.record(self._sampler.logits(self.ctx.ptr, idx), token, k),)
+        if seq.prompt_lp is not None:
+            extra["prompt_logprobs"], seq.prompt_lp = tuple(seq.prompt_lp), None
+        return dataclasses.replace(output, **extra)
 
     def _advance(self, seq: Sequence, token: int) -> Delta:
         """Account one sampled token; finished sequences leave their slot (KV kept for reuse)."""

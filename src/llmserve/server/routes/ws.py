@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
-from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge
+from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge, UnsupportedParameter
 from llmserve.server.auth import Identity, require_api_key
 from llmserve.server.convert import chat_sampling, to_message, usage_info
 from llmserve.server.deps import get_rate_limiter, get_registry, get_settings
@@ -264,6 +264,10 @@ class ChatSession:
 
     async def _generate(self, req_id: str | int, body: dict[str, Any]) -> None:
         request = validated(ChatCompletionRequest, {**body, "stream": True})
+        for name, value in (("n", request.n != 1), ("logprobs", request.logprobs)):
+            if value:
+                raise UnsupportedParameter(f"{name} is not supported over the websocket; use /v1/chat/completions",
+                                           param=name)
         await admit(self.websocket, self.identity)
         model = get_registry(self.websocket).get(request.model)
         sampling = chat_sampling(request)
