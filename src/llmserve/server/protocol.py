@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 def _id(prefix: str) -> str:
@@ -116,12 +116,17 @@ class SamplingFields(Strict):
             raise ValueError("stop takes at most 16 sequences")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
-        for key, value in (self.logit_bias or {}).items():
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias: {key!r} is not a token id")
-            if not -100.0 <= value <= 100.0:
-                raise ValueError(f"logit_bias: the bias of token {key} must be between -100 and 100")
         return self
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"{key!r} is not a token id")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"the bias of token {key} must be between -100 and 100")
+        return value
 
     def unsupported(self) -> str | None:
         """The first known-but-unsupported parameter set to a non-default value."""
@@ -143,11 +148,12 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = Field(False, description="return the log-probability of each output token")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: the likeliest tokens at each position")
 
-    @model_validator(mode="after")
-    def _top_logprobs_needs_logprobs(self):
-        if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs: logprobs must be true when top_logprobs is set")
-        return self
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("logprobs must be true when top_logprobs is set")
+        return value
 
 
 class CompletionRequest(SamplingFields):

@@ -18,7 +18,7 @@ from llmserve.types import ALL_SAMPLING, Capabilities, Delta, EngineStats, Gener
 
 logger = logging.getLogger(__name__)
 
-SAMPLING = ALL_SAMPLING  # every SamplingParams field is honoured
+SAMPLING = ALL_SAMPLING - {"prompt_logprobs"}  # every SamplingParams field but prompt logprobs (echo)
 
 
 class HFEngine(Engine):
@@ -82,7 +82,8 @@ class HFEngine(Engine):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(sampling=SAMPLING, max_context=self.loaded.max_context if self.loaded else 0)
+        return Capabilities(sampling=SAMPLING, max_context=self.loaded.max_context if self.loaded else 0,
+                            vocab_size=self.loaded.model.config.vocab_size if self.loaded else 0)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

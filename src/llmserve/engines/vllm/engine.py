@@ -11,6 +11,7 @@ and translates vLLM errors into llmserve's. The engine core runs in a child proc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -26,6 +27,7 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
 from llmserve.engines.vllm.convert import hf_dir_for
+from llmserve.engines.vllm.logprobs import records
 from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
 from llmserve.types import (
@@ -59,6 +61,9 @@ def to_vllm(params: SamplingParams, max_tokens: int) -> VSamplingParams:
         frequency_penalty=params.frequency_penalty,
         repetition_penalty=params.repetition_penalty,
         ignore_eos=params.ignore_eos,
+        logprobs=params.logprobs,
+        prompt_logprobs=params.prompt_logprobs,
+        logit_bias=dict(params.logit_bias) or None,
         output_kind=RequestOutputKind.DELTA,
         skip_special_tokens=False,
     )
@@ -151,7 +156,7 @@ class VLLMEngine(Engine):
                 finished = out.finished
                 reason = _FINISH.get(comp.finish_reason or "", FinishReason.STOP) if finished else None
                 usage = Usage(n_prompt, n_out, out.num_cached_tokens or 0) if finished else None
-                yield Delta(comp.text, tuple(comp.token_ids), reason, usage)
+                yield self._with_logprobs(request, out, Delta(comp.text, tuple(comp.token_ids), reason, usage))
         except (EngineDeadError, EngineGenerateError) as exc:
             finished = True
             raise EngineError(f"vLLM failed: {exc}") from exc
@@ -165,6 +170,23 @@ class VLLMEngine(Engine):
             await stream.aclose()  # vLLM aborts a request whose generator closes unfinished
             if not finished:
                 await llm.abort(rid)
+
+    def _with_logprobs(self, request: GenerationRequest, out, delta: Delta) -> Delta:
+        """vLLM's own logprobs (its default ``raw_logprobs``: the model's, before any processing)."""
+        k, pk = request.sampling.logprobs, request.sampling.prompt_logprobs
+        extra = {}
+        comp = out.outputs[0]
+        if k is not None and comp.logprobs:
+            tokens = list(comp.token_ids)
+            if delta.finish_reason is FinishReason.STOP and tokens and tokens[-1] == self.tokenizer.eos_token_id:
+                tokens = tokens[:-1]  # the end-of-generation token has no text, and no entry
+            extra["logprobs"] = tuple(records(tokens, comp.logprobs, k, self._piece))
+        if pk is not None and out.prompt_logprobs is not None:
+            extra["prompt_logprobs"] = tuple(records(request.prompt_tokens, out.prompt_logprobs, pk, self._piece))
+        return dataclasses.replace(delta, **extra) if extra else delta
+
+    def _piece(self, token: int) -> bytes:
+        return self.tokenizer.decode([token]).encode("utf-8")
 
     async def abort(self, request_id: str) -> None:
         if self.llm is not None and request_id in self._started:
@@ -185,7 +207,8 @@ class VLLMEngine(Engine):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context)  # every field honoured
+        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context,  # every field honoured
+                            vocab_size=len(self.tokenizer) if self.tokenizer is not None else 0)
 
     def stats(self) -> EngineStats:
         if self.llm is None:
