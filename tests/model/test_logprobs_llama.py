@@ -57,6 +57,20 @@ def test_records_sorted_top_and_forbidden_tokens():
     assert list(top_tokens(row, 2)) == [1, 4] and list(top_tokens(row, 0)) == []
 
 
+def test_top_tokens_match_a_full_sort():
+    """Candidates near the maximum first, widening to the whole row: always the true top k."""
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n = int(rng.integers(1, 3000))
+        row = (rng.standard_normal(n) * rng.uniform(0.1, 30)).astype(np.float32)
+        if trial % 3 == 0:
+            row = np.round(row)  # ties
+        if trial % 5 == 0:
+            row[rng.random(n) < 0.9] = -np.inf  # a grammar mask
+        for k in (1, 5, 20):
+            assert np.array_equal(row[top_tokens(row, k)], sorted(row, reverse=True)[:k]), (trial, k)
+
+
 # -- chat logprobs on the real model ---------------------------------------------------------------
 def test_greedy_tokens_have_the_highest_logprob_and_tops_are_sorted(llama_client):
     out = chat(llama_client, temperature=0, max_tokens=6, logprobs=True, top_logprobs=5)
