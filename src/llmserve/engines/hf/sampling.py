@@ -41,8 +41,8 @@ class Sampler:
 
     @property
     def trivial(self) -> bool:
-        """Plain greedy on the raw row: the batch can take one argmax for all such rows."""
-        return self.params.greedy and not self._penalised and self._bias is None
+        """Plain greedy on the raw row, no logprobs: the batch can take one argmax for all such rows."""
+        return self.params.greedy and not self._penalised and self._bias is None and self.params.logprobs is None
 
     def biased(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` with ``logit_bias`` added (a copy; the row itself when there is none)."""

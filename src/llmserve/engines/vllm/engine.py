@@ -181,7 +181,7 @@ class VLLMEngine(Engine):
             if delta.finish_reason is FinishReason.STOP and tokens and tokens[-1] == self.tokenizer.eos_token_id:
                 tokens = tokens[:-1]  # the end-of-generation token has no text, and no entry
             extra["logprobs"] = tuple(records(tokens, comp.logprobs, k, self._piece))
-        if pk is not None and out.prompt_logprobs is not None:
+        if pk is not None and out.prompt_logprobs:  # all at once, at the end of prefill (DELTA)
             extra["prompt_logprobs"] = tuple(records(request.prompt_tokens, out.prompt_logprobs, pk, self._piece))
         return dataclasses.replace(delta, **extra) if extra else delta
 
