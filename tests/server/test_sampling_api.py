@@ -5,6 +5,7 @@ tested against the real model in tests/model/test_logprobs_llama.py)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import httpx
@@ -97,6 +98,23 @@ def test_closing_an_n_stream_aborts_every_choice():
             while model.engine.stats().running and time.monotonic() < end:
                 time.sleep(0.02)
             assert model.engine.stats().running == 0
+
+
+def test_one_choice_refused_admission_fails_the_call_and_frees_the_others(make_client):
+    """2 slots, no queue, one busy: of n=2 one is admitted, the other is refused (503); the call
+    fails as a whole and the admitted choice is aborted, not left running."""
+    model = fake_model(parallel=2, max_queue=0, token_delay=0.02, reply=" ".join(["word"] * 50))
+    with make_client(model) as client:
+        busy = threading.Thread(target=lambda: client.post(CHAT, json=body()))
+        busy.start()
+        end = time.monotonic() + 5
+        while model.engine.stats().running < 1 and time.monotonic() < end:
+            time.sleep(0.01)
+        for stream in (False, True):
+            r = client.post(CHAT, json=body(n=2, stream=stream))
+            assert r.status_code == 503 and r.json()["error"]["code"] is not None
+            assert model.engine.stats().running == 1  # only the busy request
+        busy.join()
 
 
 def test_fan_out_requests_share_a_group_and_take_seed_plus_i():
