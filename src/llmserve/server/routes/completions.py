@@ -15,30 +15,37 @@ from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import InvalidRequest
 from llmserve.server.auth import require_api_key
 from llmserve.fanout import collect_choices, first_deltas, interleave, total_usage
-from llmserve.server.convert import completion_sampling, usage_info
+from llmserve.server.body import JSONBodyRoute
+from llmserve.server.convert import completion_sampling, constraint_of, usage_info
 from llmserve.server.deps import get_model
 from llmserve.server.generation import generation_stream
 from llmserve.server.logprobs import LegacyLogprobs
+from llmserve.server.openapi import errors, success
 from llmserve.server.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, TextCompletion
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import DONE, ClientGone, error_event, sse, until_disconnect
 from llmserve.types import Delta, FinishReason, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 MAX_PROMPTS = 64
+CHUNKS = ("with stream: true, 'data: {text_completion}' events, an 'error' event if the generation fails "
+          "after the first one, then 'data: [DONE]'")
 
 
-@router.post("/completions", response_model=None, dependencies=[Depends(rate_limit)])
+@router.post("/completions", response_model=None, dependencies=[Depends(rate_limit)],
+             responses={**success(TextCompletion, stream=CHUNKS), **errors(404, 503)})
 async def completions(body: CompletionRequest, request: Request) -> Response | TextCompletion:
     model = get_model(request, body.model)
-    sampling = completion_sampling(body)
+    sampling = completion_sampling(body, model.sampling_defaults)
+    constraint = constraint_of(body)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     prompts = prompt_tokens(model, body.prompt)
     try:  # choice p * n + j: prompt p, choice j
         gens = [gen for i, tokens in enumerate(prompts)
-                for gen in model.build_requests(tokens, sampling, request_id=f"{completion_id}-{i}", n=body.n)]
+                for gen in model.fan_out(model.build_request(tokens, sampling, request_id=f"{completion_id}-{i}",
+                                                             constraint=constraint), body.n)]
     except InvalidRequest as exc:  # build_request speaks of chat messages; here they are prompts
         if exc.param == "messages":
             exc.param = "prompt"
