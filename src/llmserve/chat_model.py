@@ -18,8 +18,8 @@ from llmserve.content_text import ContentEscaper
 from llmserve.engines import create_engine
 from llmserve.engines.base import Engine
 from llmserve.errors import ContextLengthExceeded, EngineStalled, InvalidRequest, ModelLoading, UnsupportedParameter
-from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.fanout import fan_out
+from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.settings import ModelSettings
 from llmserve.stops import StopMatcher
 from llmserve.types import (
