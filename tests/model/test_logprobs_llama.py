@@ -206,3 +206,16 @@ def test_completions_logprobs_and_echo_with_prompt_logprobs(llama_client):
     assert set(expected) - {cut["tokens"][0]} <= set(got)
     for token in set(expected) & set(got):
         assert got[token] == pytest.approx(expected[token], abs=2e-2)
+
+
+def test_a_token_the_grammar_forbids_has_minus_9999(llama_client):
+    """Logprobs come from the masked distribution: with only "yes" / "no" allowed, the allowed
+    tokens share all the mass and the rest of the top 20 are forbidden (-9999.0)."""
+    out = chat(llama_client, temperature=0, max_tokens=4, logprobs=True, top_logprobs=20,
+               structured_outputs={"choice": ["yes", "no"]})
+    assert out["choices"][0]["message"]["content"] in ("yes", "no")
+    first = content_of(out)[0]
+    values = [x["logprob"] for x in first["top_logprobs"]]
+    allowed = [v for v in values if v > FORBIDDEN_LOGPROB]
+    assert 1 <= len(allowed) < 20 and values[len(allowed):] == [FORBIDDEN_LOGPROB] * (20 - len(allowed))
+    assert abs(sum(math.exp(v) for v in allowed) - 1.0) < 1e-3  # the allowed tokens hold all the mass
