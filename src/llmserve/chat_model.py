@@ -18,6 +18,7 @@ from llmserve.content_text import ContentEscaper
 from llmserve.engines import create_engine
 from llmserve.engines.base import Engine
 from llmserve.errors import ContextLengthExceeded, EngineStalled, InvalidRequest, ModelLoading, UnsupportedParameter
+from llmserve.fanout import fan_out
 from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.settings import ModelSettings
 from llmserve.stops import StopMatcher
@@ -36,6 +37,8 @@ from llmserve.workpool import WorkPool
 logger = logging.getLogger(__name__)
 MessagesLike = str | Sequence[Message | dict[str, Any]]
 T = TypeVar("T")
+# SamplingParams fields a client sets under another name
+_WIRE_NAMES = {"prompt_logprobs": "echo"}
 
 
 def to_messages(messages: MessagesLike) -> list[Message]:
@@ -121,7 +124,14 @@ class AsyncChatModel:
             value = getattr(sampling, f.name)
             defaulted = value == getattr(neutral, f.name) or (f.name in own and value == own[f.name])
             if f.name not in supported and not defaulted:
-                raise UnsupportedParameter(f"{f.name} is not supported by the {self.settings.engine} engine", param=f.name)
+                what = "echo with logprobs" if f.name == "prompt_logprobs" else f.name
+                raise UnsupportedParameter(f"{what} is not supported by the {self.settings.engine} engine",
+                                           param=_WIRE_NAMES.get(f.name, f.name))
+        n_vocab = self.engine.capabilities.vocab_size
+        bad = [t for t, _ in sampling.logit_bias if not 0 <= t < n_vocab] if n_vocab else []
+        if bad:
+            raise InvalidRequest(f"logit_bias: token id {bad[0]} is not in the vocabulary (0..{n_vocab - 1})",
+                                 param="logit_bias")
 
     @property
     def content_is_text(self) -> bool:
@@ -287,6 +297,14 @@ class AsyncChatModel:
             self._waiters.discard(task)
             self._stall_cancelled.discard(task)
 
+    def fan_out(self, request: GenerationRequest, n: int) -> list[GenerationRequest]:
+        """The ``n`` engine requests of one call with ``n`` choices (see ``llmserve.fanout``).
+        ``n`` beyond the engine's slots could never run together: InvalidRequest."""
+        if n > self.settings.parallel:
+            raise InvalidRequest(f"n is {n}, but model {self.name!r} runs at most {self.settings.parallel} "
+                                 "sequences at once (--parallel)", param="n")
+        return fan_out(request, n)
+
     # -- generation ----------------------------------------------------------------------------
     async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Engine deltas with stop strings applied. Closing this iterator aborts the request."""
@@ -299,7 +317,7 @@ class AsyncChatModel:
                 text, hit = matcher.feed(delta.text)
                 if hit:
                     usage = delta.usage or Usage(len(request.prompt_tokens), n_generated)
-                    yield Delta(text, delta.token_ids, FinishReason.STOP, usage)
+                    yield dataclasses.replace(delta, text=text, finish_reason=FinishReason.STOP, usage=usage)
                     return
                 if delta.finish_reason is not None:
                     text += matcher.flush()

@@ -24,7 +24,7 @@ from llmserve.types import ALL_SAMPLING, Capabilities, Delta, EngineStats, Gener
 
 logger = logging.getLogger(__name__)
 
-SAMPLING = ALL_SAMPLING  # every SamplingParams field is honoured
+SAMPLING = ALL_SAMPLING - {"prompt_logprobs"}  # every SamplingParams field but prompt logprobs (echo)
 
 
 class HFEngine(Engine):
@@ -124,7 +124,8 @@ class HFEngine(Engine):
         return Capabilities(sampling=SAMPLING, max_context=self.loaded.max_context,
                             special_tokens=self.tokens.special_tokens, max_token_chars=self.tokens.max_token_chars,
                             tool_format=self.loaded.template.tool_format.name,
-                            constraints=KINDS | {"trigger"})
+                            constraints=KINDS | {"trigger"},
+                            vocab_size=self.loaded.model.config.get_text_config().vocab_size)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

@@ -199,7 +199,7 @@ class LlamaCppEngine(Engine):
         return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0,
                             special_tokens=self._special_tokens, max_token_chars=self._max_token_chars,
                             tool_format=self.template.tool_format.name if self.template else None,
-                            constraints=KINDS | {"trigger"})
+                            constraints=KINDS | {"trigger"}, vocab_size=self.model.n_vocab if self.model else 0)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

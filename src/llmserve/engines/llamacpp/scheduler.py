@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
+from llmserve.engines.llamacpp.logprobs import LogprobRecorder
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.sampler import BatchSampler, SequenceSampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
 from llmserve.errors import EngineError, LLMServeError
 from llmserve.structured import GrammarViolation, Guide, MaskBatch, apply_bitmask
-from llmserve.types import PRIORITY_LIVE, Delta, FinishReason, Usage
+from llmserve.types import PRIORITY_LIVE, Delta, FinishReason, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
 # a cross-slot KV copy moves a whole stream (~23 MB for the bundled model at 1024 cells: a few ms);
@@ -46,6 +47,9 @@ class Sequence(Queued):
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     n_resumed: int = 0  # generated tokens moved into the prompt by pauses (see _yield_to_live)
     cached_at_start: int | None = None  # n_cached of the first admission, once paused
+    # prompt logprobs (echo): records so far, and the batch index of this step's first prompt token
+    prompt_lp: list[TokenLogprob | None] | None = None
+    prompt_row: int = -1
 
 
 @dataclass(eq=False)
@@ -77,6 +81,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self.n_batch = ctx.n_batch
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._sampler = BatchSampler(model.n_vocab, n_slots)
+        self._logprobs = LogprobRecorder(model.n_vocab, model.piece)
         self._masks = MaskBatch(n_slots, model.n_vocab)  # one row per slot
         self._live_seen = float("-inf")  # when a live request was last waiting or running
 
@@ -119,6 +124,8 @@ class Scheduler(WorkerLoop[Sequence]):
             keep = common_prefix(slot.tokens, seq.prompt)
             keep = max(keep, self._copy_prefix(slot, seq.prompt, keep, copied))
             keep = min(keep, len(seq.prompt) - 1)  # the last prompt token is decoded again for its logits
+            if seq.request.sampling.prompt_logprobs is not None:
+                keep = 0  # prompt logprobs need the logits of every prompt position
             if not self.ctx.seq_rm(slot.seq_id, keep, -1):
                 self.ctx.seq_rm(slot.seq_id)
                 keep = 0
@@ -179,8 +186,10 @@ class Scheduler(WorkerLoop[Sequence]):
             chunk = seq.prompt[seq.n_prefilled: seq.n_prefilled + budget]
             last = seq.n_prefilled + len(chunk) == len(seq.prompt)
             base = len(slot.tokens)
+            every = seq.request.sampling.prompt_logprobs is not None
+            seq.prompt_row = n
             for i, token in enumerate(chunk):
-                add(token, base + i, slot.seq_id, last and i == len(chunk) - 1)
+                add(token, base + i, slot.seq_id, every or (last and i == len(chunk) - 1))
             prefill.append((seq, len(chunk), n - 1 if last else -1))
         batch.n_tokens = n
         return decoding, prefill
@@ -207,10 +216,37 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.n_prefilled += length
             if idx >= 0:
                 sample.append((seq, idx))
+            if seq.request.sampling.prompt_logprobs is not None:
+                self._score_prompt(seq, length)
         self._apply_masks(sample)
         tokens = self._sampler.sample(self.ctx.ptr, [(seq.sampler, idx) for seq, idx in sample])
-        for (seq, _), token in zip(sample, tokens):
-            out.append((seq, self._advance(seq, token)))
+        for (seq, idx), token in zip(sample, tokens):
+            out.append((seq, self._with_logprobs(seq, idx, token, self._advance(seq, token))))
+
+    # -- logprobs: only for the sequences that asked ------------------------------------------
+    def _score_prompt(self, seq: Sequence, length: int) -> None:
+        """Records the logprobs of the prompt tokens this step's chunk (just decoded) predicts."""
+        if seq.prompt_lp is None:
+            seq.prompt_lp = [None]  # the first prompt token has nothing before it
+        start = seq.n_prefilled - length  # prompt position of the chunk's first token
+        k = seq.request.sampling.prompt_logprobs
+        for j in range(length):
+            nxt = start + j + 1
+            if nxt < len(seq.prompt):
+                row = self._sampler.logits(self.ctx.ptr, seq.prompt_row + j)
+                seq.prompt_lp.append(self._logprobs.record(row, seq.prompt[nxt], k))
+
+    def _with_logprobs(self, seq: Sequence, idx: int, token: int, output: Output) -> Output:
+        """The step's output with the sampled token's logprobs (and, first, the prompt's)."""
+        k = seq.request.sampling.logprobs
+        if (k is None and seq.prompt_lp is None) or not isinstance(output, Delta):
+            return output
+        extra = {}
+        if k is not None and not (self.model.is_eog(token) and output.finish_reason is FinishReason.STOP):
+            extra["logprobs"] = (self._logprobs.record(self._sampler.logits(self.ctx.ptr, idx), token, k),)
+        if seq.prompt_lp is not None:
+            extra["prompt_logprobs"], seq.prompt_lp = tuple(seq.prompt_lp), None
+        return dataclasses.replace(output, **extra)
 
     # -- structured output: masks for the constrained sequences of a step ------------------------
     def _start_masks(self, decoding, prefill) -> None:

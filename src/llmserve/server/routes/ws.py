@@ -272,6 +272,10 @@ class ChatSession:
         if tools is not None and tools.active:  # this socket streams text; tools live on /v1/chat/completions
             raise UnsupportedParameter("tools are not supported over the WebSocket; use /v1/chat/completions",
                                        param="tools")
+        for name, value in (("n", request.n != 1), ("logprobs", request.logprobs)):
+            if value:
+                raise UnsupportedParameter(f"{name} is not supported over the websocket; use /v1/chat/completions",
+                                           param=name)
         await admit(self.websocket, self.identity)
         model = get_registry(self.websocket).get(request.model)
         sampling = chat_sampling(request, model.sampling_defaults)
