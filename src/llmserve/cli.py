@@ -28,6 +28,14 @@ def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
     return annotation if annotation in (int, float, str) else str, None
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = frozenset()) -> None:
     """One flag per Settings field; unset flags stay absent so env vars and the config file apply."""
     for name, field in Settings.model_fields.items():
@@ -38,6 +46,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
             flag = "--" + name.removesuffix("s").replace("_", "-")
             parser.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
                                 help=f"{field.description} [env {env}]")
+            continue
+        if field.annotation is bool and field.default is False:  # a switch: --ray (or --ray true|false)
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, nargs="?", const=True, type=_bool,
+                                default=argparse.SUPPRESS, help=f"{field.description} [env {env}]")
             continue
         flag_type, choices = _flag_type(field.annotation)
         parser.add_argument(
@@ -115,6 +127,10 @@ def _serve(settings: Settings) -> int:
     from llmserve.server import multiproc
 
     configure_logging(settings.log_level)
+    if settings.ray:  # the CLI becomes the Ray driver (serve_ray/ is the only place that imports Ray)
+        from llmserve.serve_ray.driver import serve_forever
+
+        return serve_forever(settings)
     check_worker_limits(settings)
     multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
     # worker processes: uvicorn imports the app factory in each worker, which rebuilds these

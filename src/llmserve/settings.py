@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
+    # -- Ray Serve (serve_ray/, the llmserve[ray] extra) --------------------------------------------
+    ray: bool = Field(False, description="Serve through Ray Serve: each model a deployment of --replicas engines, the same API in front (needs the llmserve[ray] extra).")
+    ray_address: str | None = Field(None, description="With --ray: the Ray cluster to join (the address 'ray start --head' prints), or 'local' to start a cluster on this machine, on loopback (default).")
+    replicas: int = Field(1, ge=1, le=1024, description="With --ray: engine replicas per model; each takes --threads CPUs (Ray's num_cpus) and has --parallel slots.")
+    max_queued: int | None = Field(None, ge=1, description="With --ray: requests per model that may wait for a free replica slot; beyond that 503 with Retry-After (default: --max-queue).")
+    autoscale: str | None = Field(None, description="With --ray: MIN:MAX replicas per model, scaled by Serve on requests in flight (--replicas is then the initial count).")
+    ray_stream_interval: float = Field(0.02, ge=0, le=1, description="With --ray: after the first token, which is sent at once, a replica gathers tokens for up to this many seconds (or 16 tokens) per message to the ingress.")
+    # -- end Ray Serve -----------------------------------------------------------------------------
     # -- operations (metrics) --
     metrics_dir: str | None = Field(
         default_factory=lambda: os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,

@@ -27,7 +27,8 @@ def _log_to_python(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 class LlamaModel:
     """A loaded GGUF model with its vocabulary. Tokenization is thread-safe (read-only)."""
 
-    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0):
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0, vocab_only: bool = False):
+        """``vocab_only``: the vocabulary and metadata without the weights (tokenizing elsewhere)."""
         path = Path(path)
         if not path.is_file():
             raise ModelNotFound(f"model file not found: {path}")
@@ -35,6 +36,7 @@ class LlamaModel:
         ll.llama_backend_init()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
         self._model = ll.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path} (not a GGUF model?)")
