@@ -16,6 +16,7 @@ import threading
 import time
 
 from llmserve.serve_ray import cluster
+from llmserve.serve_ray.sizing import in_flight_limit, most_replicas, parse_autoscale
 from llmserve.serve_ray.vocab import check_supported
 from llmserve.settings import ModelSettings, Settings
 
@@ -25,13 +26,6 @@ APP_NAME = "llmserve"
 HUB_NAME = "llmserve-metrics-hub"
 DRAIN_SECONDS = 10.0
 HEALTH_CHECK_PERIOD = 2.0
-
-
-def parse_autoscale(spec: str) -> tuple[int, int]:
-    lo, sep, hi = spec.partition(":")
-    if not sep or not lo.isdigit() or not hi.isdigit() or not 1 <= int(lo) <= int(hi):
-        raise ValueError(f"--autoscale wants MIN:MAX with 1 <= MIN <= MAX, got {spec!r}")
-    return int(lo), int(hi)
 
 
 def check(settings: Settings) -> None:
@@ -65,7 +59,7 @@ def model_deployment(model: ModelSettings, settings: Settings):
     options = dict(
         name=f"model-{model.served_name()}",
         max_ongoing_requests=model.parallel,  # the engine's slots: more wait at the handle, not in the engine
-        max_queued_requests=settings.max_queued if settings.max_queued is not None else model.max_queue,
+        max_queued_requests=in_flight_limit(model, settings),  # a backstop: see sizing.py
         ray_actor_options={"num_cpus": _cpus(model)},
         request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter,
                                                   request_router_kwargs={"imbalance": max(2, model.parallel // 4)}),
@@ -90,7 +84,7 @@ def build(settings: Settings):
     from llmserve.serve_ray.ingress import Ingress
 
     models = {m.served_name(): model_deployment(m, settings) for m in settings.model_list()}
-    limit = sum((m.parallel + m.max_queue) * max(settings.replicas, 1) for m in settings.model_list())
+    limit = sum(in_flight_limit(m, settings) for m in settings.model_list())
     return serve.deployment(Ingress).options(
         name="ingress", num_replicas=1, ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=max(1000, 4 * limit), graceful_shutdown_timeout_s=DRAIN_SECONDS,
@@ -107,8 +101,7 @@ def serve_forever(settings: Settings) -> int:
 
     from llmserve.serve_ray.metrics import MetricsHub
 
-    most = parse_autoscale(settings.autoscale)[1] if settings.autoscale else settings.replicas
-    need = sum(_cpus(m) * most for m in settings.model_list())  # a local cluster fits every replica
+    need = sum(_cpus(m) * most_replicas(settings) for m in settings.model_list())  # a local cluster fits every replica
     t0 = time.monotonic()
     cluster.init(address, num_cpus=max(os.cpu_count() or 1, need), log_level=settings.log_level)
     stop = threading.Event()

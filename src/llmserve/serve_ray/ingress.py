@@ -12,6 +12,7 @@ from llmserve.chat_model import AsyncChatModel
 from llmserve.serve_ray import cluster
 from llmserve.serve_ray.metrics import RayMetrics
 from llmserve.serve_ray.remote import RemoteEngine
+from llmserve.serve_ray.sizing import in_flight_limit
 from llmserve.serve_ray.wire import Chunk
 from llmserve.settings import Settings
 
@@ -34,7 +35,8 @@ class Ingress:
 
         models = []
         for model_settings in self.settings.model_list():
-            engine = RemoteEngine(model_settings, self.handles[model_settings.served_name()], self._first_chunk)
+            engine = RemoteEngine(model_settings, self.handles[model_settings.served_name()],
+                                  in_flight_limit(model_settings, self.settings), self._first_chunk)
             models.append(AsyncChatModel(engine=engine, settings=model_settings))
         app = create_app(self.settings, models=models)
         app.state.metrics = self.metrics  # the lifespan adds the models' label sets to it

@@ -2,8 +2,9 @@
 
 Routes and ``AsyncChatModel`` stay as they are: they tokenize and render with the local
 vocabulary (``vocab.py``) and iterate ``generate`` as from any engine. Admission errors surface
-at the first ``__anext__``, before a route commits to 200: Serve's ``BackPressureError`` (the
-handle's queue is full) becomes llmserve's ``Overloaded`` (503 + Retry-After). A replica that
+at the first ``__anext__``, before a route commits to 200: past ``limit`` requests in flight, or
+on Serve's ``BackPressureError`` (the handle's queue is full), llmserve's ``Overloaded`` (503 +
+Retry-After; see ``sizing.py``). A replica that
 dies mid-stream fails only its own streams, with ``EngineError`` (the SSE error event).
 """
 
@@ -28,9 +29,11 @@ OnFirstChunk = Callable[[str, float, Chunk], None]  # model name, ttft seen by t
 
 
 class RemoteEngine(Engine):
-    def __init__(self, settings: ModelSettings, handle: Any, on_first_chunk: OnFirstChunk | None = None):
+    def __init__(self, settings: ModelSettings, handle: Any, limit: int, on_first_chunk: OnFirstChunk | None = None):
+        """``limit``: requests that may be in flight at once (``sizing.in_flight_limit``)."""
         self.settings = settings
         self.handle = handle
+        self.limit = limit
         self.on_first_chunk = on_first_chunk
         self.vocab: Vocabulary | None = None
         self._capabilities: Capabilities | None = None
@@ -54,6 +57,8 @@ class RemoteEngine(Engine):
         from ray.exceptions import RayError
         from ray.serve.exceptions import BackPressureError, RayServeException
 
+        if self._waiting + self._running >= self.limit:
+            raise Overloaded("every replica is busy and the queue is full; try again shortly", retry_after=1)
         submitted = time.monotonic()
         responses = self.handle.options(stream=True).generate.remote(request)
         self._waiting += 1

@@ -1,0 +1,238 @@
+"""``llmserve serve --ray --replicas 2`` on the bundled model: the same API through Ray Serve.
+
+One cluster for the module (tests run in file order: the replica kill and SIGTERM come last).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ipaddress
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.ray
+
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+QUESTIONS = ["What is the capital of France? Answer in one word.", "Name a primary color.", "What is 2 + 2?",
+             "Which animal says moo?"]
+
+
+def ask(url: str, messages: list[dict], **extra) -> dict:
+    body = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 24, **extra}
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=180)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def stream(url: str, messages: list[dict], **extra) -> tuple[str, list[dict], int]:
+    """The streamed text, every SSE event (parsed; [DONE] as {"done": True}) and the status."""
+    body = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 24, "stream": True,
+            "stream_options": {"include_usage": True}, **extra}
+    events, parts = [], []
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=180) as r:
+        if r.status_code != 200:
+            r.read()
+            return "", [r.json()], r.status_code
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line.removeprefix("data: ")
+            if data == "[DONE]":
+                events.append({"done": True})
+                continue
+            event = json.loads(data)
+            events.append(event)
+            for choice in event.get("choices", []):
+                parts.append(choice["delta"].get("content") or "")
+    return "".join(parts), events, 200
+
+
+def replica_counts(url: str, metric: str = "llmserve:replica_request_success_total") -> dict[str, float]:
+    """Per replica: the sum of ``metric`` (from the replicas' pushed metrics, merged by /metrics)."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            replica = re.search(r'replica="([^"]+)"', line).group(1)
+            out[replica] = out.get(replica, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def wait_for(predicate, timeout: float = 30.0, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def test_concurrent_streams_are_correct_and_use_both_replicas(ray_server):
+    url = ray_server.url
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        streamed = list(pool.map(lambda m: stream(url, m), conversations))
+    for (text, events, status), messages in zip(streamed, conversations):
+        assert status == 200
+        assert events[-1] == {"done": True}
+        assert not any("error" in e for e in events)
+        finish = [c["finish_reason"] for e in events for c in e.get("choices", []) if c["finish_reason"]]
+        assert len(finish) == 1
+        usage = [e["usage"] for e in events if e.get("usage")]
+        assert usage and usage[-1]["completion_tokens"] > 0
+        # greedy: the same answer as the same question asked alone, without streaming
+        alone = ask(url, messages)
+        assert text == alone["choices"][0]["message"]["content"] and text.strip()
+    assert "Paris" in streamed[0][0]
+    served = wait_for(lambda: (c := replica_counts(url)) and len(c) == 2 and all(v > 0 for v in c.values()) and c)
+    assert served and len(served) == 2, f"answers did not come from both replicas: {served}"
+
+
+def test_conversation_turns_hit_the_replica_holding_their_prefix(ray_server):
+    url = ray_server.url
+    long_user = "Here is some context about my garden: " + "tomatoes, basil, peppers, and beans. " * 12
+    conversations = [[{"role": "system", "content": f"You are assistant number {i}."},
+                      {"role": "user", "content": long_user + f" Question {i}: what should I plant next?"}]
+                     for i in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = list(pool.map(lambda m: ask(url, m), conversations))
+    seconds = []
+    for messages, answer in zip(conversations, first):
+        seconds.append(messages + [{"role": "assistant", "content": answer["choices"][0]["message"]["content"]},
+                                   {"role": "user", "content": "And after that?"}])
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        second = list(pool.map(lambda m: ask(url, m), seconds))
+    for answer1, answer2 in zip(first, second):
+        prompt1 = answer1["usage"]["prompt_tokens"]
+        cached = answer2["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+        # the whole first prompt (and more) was already in that replica's KV cache
+        assert cached >= prompt1 - 16, (prompt1, answer2["usage"])
+
+
+def test_a_full_queue_is_503_with_retry_after_before_any_200(ray_server):
+    url = ray_server.url
+    long = {"max_tokens": 400, "ignore_eos": True}
+
+    def occupy(i):
+        return stream(url, [{"role": "user", "content": f"Count slowly to one hundred, {i}."}], **long)
+
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        busy = [pool.submit(occupy, i) for i in range(5)]  # 4 slots and the 1 queue place
+        time.sleep(3.0)
+        r = wait_for(lambda: (resp := httpx.post(url + "/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "max_tokens": 4})).status_code == 503 and resp, timeout=20)
+        assert r, "no 503 while every slot and the queue were taken"
+        assert r.headers["retry-after"] == "1"
+        err = r.json()["error"]
+        assert err["type"] == "server_overloaded" and err["code"] == "overloaded"
+        results = [f.result() for f in busy]
+    assert all(status == 200 and events[-1] == {"done": True} for _, events, status in results)
+    assert all(not any("error" in e for e in events) for _, events, _ in results)
+
+
+def test_metrics_have_replica_series_and_serve_overhead(ray_server):
+    text = httpx.get(ray_server.url + "/metrics", timeout=30).text
+    assert f'llmserve:serve_overhead_seconds_count{{model_name="{MODEL}"}}' in text
+    count = float(re.search(r'llmserve:serve_overhead_seconds_count\{[^}]*\} (\S+)', text).group(1))
+    assert count >= 4
+    replicas = set(re.findall(r'llmserve:replica_time_to_first_token_seconds_count\{[^}]*replica="([^"]+)"', text))
+    assert len(replicas) == 2
+    # the ingress's own series as for a plain server (a refused request was counted)
+    assert re.search(r'llmserve:requests_rejected_total\{model_name="[^"]*",reason="queue_full"\} [1-9]', text)
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, pid) of every TCP socket in LISTEN state owned by ``pids`` (``ss -ltnp``)."""
+    out = []
+    if shutil.which("ss"):
+        lines = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+        for line in lines:
+            cols = line.split()
+            for pid in map(int, re.findall(r"pid=(\d+)", line)):
+                if pid in pids:
+                    out.append((cols[3].rsplit(":", 1)[0].strip("[]"), pid))
+    else:  # no iproute2: the same question through psutil
+        for pid in pids:
+            try:
+                for c in psutil.Process(pid).net_connections("tcp"):
+                    if c.status == psutil.CONN_LISTEN:
+                        out.append((c.laddr.ip, pid))
+            except psutil.Error:
+                pass
+    return out
+
+
+def test_nothing_listens_beyond_loopback(ray_server):
+    pids = {p.pid for p in ray_server.processes()}
+    sockets = _listening(pids)
+    assert sockets, "found no listening socket of the server at all"
+    for address, pid in sockets:
+        ip = ipaddress.ip_address(address.removeprefix("::ffff:")) if address not in ("*", "0.0.0.0") else None
+        assert ip is not None and ip.is_loopback, f"pid {pid} ({psutil.Process(pid).name()}) listens on {address}"
+    port = int(ray_server.url.rsplit(":", 1)[1])
+    assert httpx.get(ray_server.url + "/health").status_code == 200 and port > 0
+
+
+def test_a_killed_replica_ends_only_its_streams_and_is_replaced(ray_server):
+    url = ray_server.url
+    long = {"max_tokens": 300, "ignore_eos": True}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        streams = [pool.submit(stream, url, [{"role": "user", "content": f"Tell a long story, part {i}."}], **long)
+                   for i in range(4)]  # 2 slots on each replica: both replicas stream
+        time.sleep(4.0)
+        replicas = ray_server.replica_processes()
+        assert len(replicas) == 2
+        replicas[0].kill()  # kill -9
+        results = [f.result() for f in streams]
+    failed = [events for _, events, status in results if any("error" in e for e in events)]
+    finished = [events for _, events, status in results if not any("error" in e for e in events)]
+    assert all(status == 200 for _, _, status in results)
+    assert failed and finished, "the kill should end the dead replica's streams and only those"
+    for events in failed:
+        assert events[-1] == {"done": True}
+        error = [e for e in events if "error" in e][0]["error"]
+        assert error["code"] == "engine_error"
+    for events in finished:
+        assert events[-1] == {"done": True}
+        assert [c["finish_reason"] for e in events for c in e.get("choices", []) if c["finish_reason"]] == ["length"]
+
+    def recovered():
+        try:
+            return ask(url, [{"role": "user", "content": "Say yes."}], max_tokens=4)["choices"][0]["finish_reason"]
+        except AssertionError:
+            return None
+
+    assert wait_for(recovered, timeout=90, every=1.0)
+    # Serve replaces the dead replica: two replica processes again, and both answer
+    assert wait_for(lambda: len(ray_server.replica_processes()) == 2, timeout=90, every=1.0)
+    for _ in range(4):
+        ask(url, [{"role": "user", "content": "Say yes."}], max_tokens=4)
+
+
+def test_sigterm_leaves_no_process(ray_server):
+    procs = ray_server.processes()
+    assert any("raylet" in p.name() for p in procs) and any("gcs_server" in p.name() for p in procs)
+    assert ray_server.stop(timeout=90) == 0
+    deadline = time.monotonic() + 30
+    alive = []
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in ray_server.descendants:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {p.name()}")
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            break
+        time.sleep(0.5)
+    assert not alive, f"left behind: {alive}"
