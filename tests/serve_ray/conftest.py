@@ -17,6 +17,9 @@ import pytest
 
 from tests.conftest import THREADS, free_port
 
+API_KEY = "sk-ray-test"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
 
 def pytest_collection_modifyitems(config, items):
     if importlib.util.find_spec("ray") is None:  # the llmserve[ray] extra is not installed here
@@ -84,9 +87,11 @@ def start_ray_server(tmp_path, *args: str, timeout: float = 240.0) -> RayServer:
 
 @pytest.fixture(scope="module")
 def ray_server(tmp_path_factory) -> Iterator[RayServer]:
-    """2 replicas x 2 slots of 1 thread; 1 request may wait for a slot (``--max-queued 1``)."""
+    """2 replicas x 2 slots of 1 thread; 1 request may wait for a slot (``--max-queued 1``); an API
+    key; replicas send tokens every 0.5 s after the first (so that batching shows in the metrics)."""
     server = start_ray_server(tmp_path_factory.mktemp("ray"), "--replicas", "2", "--parallel", "2",
-                              "--max-queued", "1", "--threads", str(THREADS), "--ctx-size", "4096")
+                              "--max-queued", "1", "--threads", str(THREADS), "--ctx-size", "4096",
+                              "--api-key", API_KEY, "--ray-stream-interval", "0.5")
     try:
         yield server
     finally:

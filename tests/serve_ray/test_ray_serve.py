@@ -16,6 +16,9 @@ import time
 import httpx
 import psutil
 import pytest
+from websockets.sync.client import connect
+
+from tests.serve_ray.conftest import AUTH
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +29,7 @@ QUESTIONS = ["What is the capital of France? Answer in one word.", "Name a prima
 
 def ask(url: str, messages: list[dict], **extra) -> dict:
     body = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 24, **extra}
-    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=180)
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=180, headers=AUTH)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -36,7 +39,7 @@ def stream(url: str, messages: list[dict], **extra) -> tuple[str, list[dict], in
     body = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 24, "stream": True,
             "stream_options": {"include_usage": True}, **extra}
     events, parts = [], []
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=180) as r:
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=180, headers=AUTH) as r:
         if r.status_code != 200:
             r.read()
             return "", [r.json()], r.status_code
@@ -128,7 +131,7 @@ def test_a_full_queue_is_503_with_retry_after_before_any_200(ray_server):
         time.sleep(3.0)
         r = wait_for(lambda: (resp := httpx.post(url + "/v1/chat/completions", timeout=60, json={
             "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True,
-            "max_tokens": 4})).status_code == 503 and resp, timeout=20)
+            "max_tokens": 4}, headers=AUTH)).status_code == 503 and resp, timeout=20)
         assert r, "no 503 while every slot and the queue were taken"
         assert r.headers["retry-after"] == "1"
         err = r.json()["error"]
@@ -138,7 +141,42 @@ def test_a_full_queue_is_503_with_retry_after_before_any_200(ray_server):
     assert all(not any("error" in e for e in events) for _, events, _ in results)
 
 
+def test_simple_api_websocket_and_keys_through_serve(ray_server):
+    url = ray_server.url
+    r = httpx.post(url + "/chat", json={"text": "What is the capital of France? Answer in one word.",
+                                        "temperature": 0, "max_tokens": 8}, headers=AUTH, timeout=180)
+    assert r.status_code == 200 and "Paris" in r.json()["result"]
+    denied = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+    ws_url = url.replace("http://", "ws://") + "/ws"
+    with connect(ws_url, additional_headers=AUTH, open_timeout=60) as ws:
+        ws.send(json.dumps({"text": "What is the capital of France? Answer in one word.", "temperature": 0,
+                            "max_tokens": 8}))
+        parts = []
+        while True:
+            msg = json.loads(ws.recv(timeout=180))
+            if msg["type"] != "token":
+                break
+            parts.append(msg["text"])
+    assert msg["type"] == "end" and "Paris" in "".join(parts)
+
+
 def test_metrics_have_replica_series_and_serve_overhead(ray_server):
+    before = replica_counts(ray_server.url, "llmserve:replica_stream_messages_total")
+    tokens_before = replica_counts(ray_server.url, "llmserve:replica_generation_tokens_total")
+    _, events, _ = stream(ray_server.url, [{"role": "user", "content": "Tell a story."}], max_tokens=64,
+                          ignore_eos=True)
+    assert events[-1] == {"done": True}
+
+    def grown():
+        tokens = replica_counts(ray_server.url, "llmserve:replica_generation_tokens_total")
+        return sum(tokens.values()) - sum(tokens_before.values()) >= 64 and tokens
+
+    tokens = wait_for(grown)
+    messages = replica_counts(ray_server.url, "llmserve:replica_stream_messages_total")
+    sent = sum(messages.values()) - sum(before.values())
+    generated = sum(tokens.values()) - sum(tokens_before.values())
+    assert 2 <= sent <= generated / 2, (sent, generated)  # tokens crossed the handle in lists, not one by one
     text = httpx.get(ray_server.url + "/metrics", timeout=30).text
     assert f'llmserve:serve_overhead_seconds_count{{model_name="{MODEL}"}}' in text
     count = float(re.search(r'llmserve:serve_overhead_seconds_count\{[^}]*\} (\S+)', text).group(1))

@@ -14,12 +14,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from prometheus_client import Counter
+
 from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import EngineError, LLMServeError
 from llmserve.serve_ray import cluster
 from llmserve.serve_ray.metrics import HUB_PUSH_PERIOD, replica_families
 from llmserve.serve_ray.wire import Chunk, error_to_wire
-from llmserve.server.metrics import Metrics
+from llmserve.server.metrics import PREFIX, Metrics
 from llmserve.settings import ModelSettings
 from llmserve.types import Delta, GenerationRequest
 
@@ -46,6 +48,8 @@ class ModelReplica:
         await self.model.start()
         self.metrics = Metrics()
         self.metrics.add_model(self.model.name)
+        self.messages = Counter(PREFIX + "stream_messages", "Messages (lists of deltas) streamed to the ingress.",
+                                ["model_name"], registry=self.metrics.registry).labels(self.model.name)
         self._hub_name = hub_name
         self._push_task = asyncio.create_task(self._push_metrics(), name="llmserve-metrics-push")
         logger.info("replica %s serves %s", self.replica, self.model.name)
@@ -83,6 +87,7 @@ class ModelReplica:
                             break
                 chunk, done = self._chunk(items, request, arrival if first else None)
                 first = False
+                self.messages.inc()
                 yield chunk
                 if done:
                     return
