@@ -60,7 +60,7 @@ def model_deployment(model: ModelSettings, settings: Settings):
         name=f"model-{model.served_name()}",
         max_ongoing_requests=model.parallel,  # the engine's slots: more wait at the handle, not in the engine
         max_queued_requests=in_flight_limit(model, settings),  # a backstop: see sizing.py
-        ray_actor_options={"num_cpus": _cpus(model)},
+        ray_actor_options={"num_cpus": _cpus(model), "num_gpus": settings.replica_gpus},
         request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter,
                                                   request_router_kwargs={"imbalance": max(2, model.parallel // 4)}),
         health_check_period_s=HEALTH_CHECK_PERIOD,

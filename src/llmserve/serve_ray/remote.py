@@ -97,8 +97,10 @@ class RemoteEngine(Engine):
 
     def _first_chunk(self, request: GenerationRequest, submitted: float, chunk: Chunk) -> None:
         now = time.monotonic()
-        if chunk.engine_queue is not None:  # the engine's queue time, on this process's clock
-            request.timing.started_at = submitted + chunk.engine_queue
+        if chunk.engine_queue is not None and chunk.engine_ttft is not None:
+            # when the engine began the request, on this process's clock: the queue time the
+            # ingress reports includes the wait for a replica at the handle
+            request.timing.started_at = now - (chunk.engine_ttft - chunk.engine_queue)
         if self.on_first_chunk is not None:
             self.on_first_chunk(self.settings.served_name(), now - submitted, chunk)
 

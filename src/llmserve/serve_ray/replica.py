@@ -126,7 +126,8 @@ class ModelReplica:
             started = request.timing.started_at
             if started is not None:
                 facts["engine_queue"] = max(0.0, started - arrival)
-        return Chunk(tuple(out), self.replica, error=error, **facts), done
+            facts["replica"] = self.replica
+        return Chunk(tuple(out), error=error, **facts), done
 
     # -- health, metrics, shutdown ----------------------------------------------------------------
     async def check_health(self) -> None:

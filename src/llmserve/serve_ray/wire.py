@@ -17,7 +17,7 @@ from llmserve.types import Delta
 @dataclass(frozen=True)
 class Chunk:
     deltas: tuple[Delta, ...] = ()
-    replica: str = ""  # the replica that serves the request (every chunk: it is a short string)
+    replica: str = ""  # first chunk: the replica that serves the request
     engine_ttft: float | None = None  # first chunk: seconds from arrival at the replica to the first delta
     engine_queue: float | None = None  # first chunk: seconds the request waited inside the engine
     error: dict[str, Any] | None = None  # the stream's last chunk when the engine failed (see ``error_to_wire``)
