@@ -255,10 +255,19 @@ def test_a_killed_replica_ends_only_its_streams_and_is_replaced(ray_server):
         ask(url, [{"role": "user", "content": "Say yes."}], max_tokens=4)
 
 
-def test_sigterm_leaves_no_process(ray_server):
+def test_sigterm_drains_then_leaves_no_process(ray_server):
     procs = ray_server.processes()
     assert any("raylet" in p.name() for p in procs) and any("gcs_server" in p.name() for p in procs)
-    assert ray_server.stop(timeout=90) == 0
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(stream, ray_server.url, [{"role": "user", "content": "Tell a story."}],
+                                max_tokens=120, ignore_eos=True)
+        time.sleep(0.5)
+        assert not in_flight.done()
+        assert ray_server.stop(timeout=90) == 0
+        text, events, status = in_flight.result()
+    # the request in flight finished before the server went down
+    assert status == 200 and events[-1] == {"done": True}
+    assert [c["finish_reason"] for e in events for c in e.get("choices", []) if c["finish_reason"]] == ["length"]
     deadline = time.monotonic() + 30
     alive = []
     while time.monotonic() < deadline:
