@@ -95,16 +95,21 @@ def ray_server(tmp_path_factory) -> Iterator[RayServer]:
     try:
         yield server
     finally:
-        if server.proc.poll() is None:
-            try:
-                server.stop()
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait()
-        for pid in server.descendants:  # never leave a Ray process behind, whatever happened
-            try:
-                p = psutil.Process(pid)
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    p.kill()
-            except psutil.Error:
-                pass
+        ensure_stopped(server)
+
+
+def ensure_stopped(server: RayServer) -> None:
+    """SIGTERM if still running; then never leave a Ray process behind, whatever happened."""
+    if server.proc.poll() is None:
+        try:
+            server.stop()
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    for pid in server.descendants:
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE:
+                p.kill()
+        except psutil.Error:
+            pass
