@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import typing
@@ -132,6 +133,7 @@ def _serve(settings: Settings) -> int:
 
         return serve_forever(settings)
     check_worker_limits(settings)
+    warn_oversubscribed(settings)
     multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
     # worker processes: uvicorn imports the app factory in each worker, which rebuilds these
     # settings from LLMSERVE_* variables (stale ones cleared first)
@@ -142,6 +144,17 @@ def _serve(settings: Settings) -> int:
                 host=settings.host, port=settings.port, log_config=None,
                 log_level=settings.log_level, timeout_graceful_shutdown=5)
     return 0
+
+
+def warn_oversubscribed(settings: Settings) -> None:
+    """Compute threads that outnumber the cores spin against each other (llama.cpp's barriers):
+    a warning, since a user may mean it."""
+    cores = os.cpu_count() or 1
+    threads = settings.workers * sum(m.resolved_threads() for m in settings.model_list() if m.engine != "fake")
+    if threads > cores:
+        logging.getLogger("llmserve").warning(
+            "%d worker(s) x their models' threads = %d compute threads on %d cores: decode slows badly when "
+            "threads outnumber cores; lower --threads or --workers", settings.workers, threads, cores)
 
 
 def check_worker_limits(settings: Settings) -> None:

@@ -21,6 +21,10 @@ from pydantic_settings import (
 )
 
 EngineName = Literal["llamacpp", "hf", "vllm", "fake"]
+Q41Kernel = Literal["auto", "tiles", "stock"]
+Q41_KERNEL_HELP = ("Q4_1 matmul kernel of the llama.cpp engine: auto measures llmserve's tiles against ggml's "
+                   "vec_dot per batch size once per CPU, model and thread count (cached) and runs the faster "
+                   "one at each size; tiles or stock force one.")
 
 
 class ModelSettings(BaseModel):
@@ -31,12 +35,13 @@ class ModelSettings(BaseModel):
     path: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
     ctx_size: int = Field(0, ge=0, description="Total KV-cache context in tokens, split across --parallel slots as llama-server does (0: the model's training context).")
     parallel: int = Field(8, ge=1, le=256, description="Sequences decoded together (continuous-batching slots).")
-    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores).")
+    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores, divided among --workers).")
     batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
+    q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
 
     def served_name(self) -> str:
@@ -81,12 +86,13 @@ class Settings(BaseSettings):
     engine: EngineName = Field("llamacpp", description="Inference engine: llamacpp, hf, vllm or fake.")
     ctx_size: int = Field(0, ge=0, description="Total KV-cache context in tokens, split across --parallel slots as llama-server does (0: the model's training context).")
     parallel: int = Field(8, ge=1, le=256, description="Sequences decoded together (continuous-batching slots).")
-    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores).")
+    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores, divided among --workers).")
     batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
+    q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
     # -- Ray Serve (serve_ray/, the llmserve[ray] extra) --------------------------------------------
     ray: bool = Field(False, description="Serve through Ray Serve: each model a deployment of --replicas engines, the same API in front (needs the llmserve[ray] extra).")
@@ -140,6 +146,13 @@ class Settings(BaseSettings):
         return env
 
     def model_list(self) -> list[ModelSettings]:
+        """The served models; with several workers, a model left at ``threads: 0`` gets its
+        worker's share of the cores, so the workers' compute threads do not oversubscribe them."""
+        return [m if m.threads or self.workers == 1 else
+                m.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // self.workers)})
+                for m in self._models()]
+
+    def _models(self) -> list[ModelSettings]:
         if self.models:
             return list(self.models)
         return [
@@ -155,6 +168,7 @@ class Settings(BaseSettings):
                 queue_timeout=self.queue_timeout,
                 chat_template=self.chat_template,
                 flash_attn=self.flash_attn,
+                q4_1_kernel=self.q4_1_kernel,
             )
         ]
 

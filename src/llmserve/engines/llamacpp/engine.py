@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
-from llmserve.engines.llamacpp import kernels
+from llmserve.engines.llamacpp import dispatch, kernels
 from llmserve.engines.llamacpp.embed import LlamaEmbedder, model_pooling
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.scheduler import Scheduler
@@ -22,6 +22,7 @@ from llmserve.types import ALL_SAMPLING, Capabilities, Delta, EngineStats, Gener
 logger = logging.getLogger(__name__)
 
 SAMPLING = ALL_SAMPLING  # every SamplingParams field is honoured
+KERNEL_CACHE = Path.home() / ".cache" / "llmserve" / "kernels"  # per-CPU kernel measurements (dispatch.py)
 
 
 class LlamaCppEngine(Engine):
@@ -56,6 +57,7 @@ class LlamaCppEngine(Engine):
         s = self.settings
         model = LlamaModel(path)
         kernels.log_build()
+        dispatch.configure(model, path, s.resolved_threads(), s.q4_1_kernel, KERNEL_CACHE)
         opts = s.options
         if model_pooling(model) is not None and model.chat_template() is None:
             self.embedding_only = True  # an embedding GGUF (it declares a pooling type)
