@@ -42,6 +42,13 @@ def _cpus(model: ModelSettings) -> int:
     return model.resolved_threads()
 
 
+def replica_models(settings: Settings) -> list[ModelSettings]:
+    """The served models as each replica runs them: ``threads: 0`` becomes this machine's cores
+    divided among a model's replicas (set --threads for the nodes of a multi-node cluster)."""
+    share = max(1, (os.cpu_count() or 1) // most_replicas(settings))
+    return [m if m.threads else m.model_copy(update={"threads": share}) for m in settings.model_list()]
+
+
 def serve_logging(settings: Settings) -> dict:
     """Serve's own logs: warnings only (llmserve logs its requests itself), all of them in debug."""
     debug = settings.log_level == "debug"
@@ -83,7 +90,7 @@ def build(settings: Settings):
 
     from llmserve.serve_ray.ingress import Ingress
 
-    models = {m.served_name(): model_deployment(m, settings) for m in settings.model_list()}
+    models = {m.served_name(): model_deployment(m, settings) for m in replica_models(settings)}
     limit = sum(in_flight_limit(m, settings) for m in settings.model_list())
     return serve.deployment(Ingress).options(
         name="ingress", num_replicas=1, ray_actor_options={"num_cpus": 0},
@@ -101,7 +108,7 @@ def serve_forever(settings: Settings) -> int:
 
     from llmserve.serve_ray.metrics import MetricsHub
 
-    need = sum(_cpus(m) * most_replicas(settings) for m in settings.model_list())  # a local cluster fits every replica
+    need = sum(_cpus(m) * most_replicas(settings) for m in replica_models(settings))  # a local cluster fits every replica
     t0 = time.monotonic()
     cluster.init(address, num_cpus=max(os.cpu_count() or 1, need), log_level=settings.log_level)
     stop = threading.Event()
