@@ -161,6 +161,23 @@ def test_simple_api_websocket_and_keys_through_serve(ray_server):
     assert msg["type"] == "end" and "Paris" in "".join(parts)
 
 
+def test_a_client_that_leaves_frees_its_slot_in_the_replica(ray_server):
+    url = ray_server.url
+    cancelled_before = sum(replica_counts(url, "llmserve:replica_requests_cancelled_total").values())
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
+            "max_tokens": 1000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=180, headers=AUTH) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        while not next(lines).startswith("data: {"):
+            pass
+    # the replica's engine aborted the request (it would run for a minute or more otherwise)
+    assert wait_for(lambda: sum(replica_counts(url, "llmserve:replica_requests_cancelled_total").values())
+                    > cancelled_before, timeout=30)
+    assert wait_for(lambda: sum(replica_counts(url, "llmserve:replica_num_requests_running").values()) == 0,
+                    timeout=30)
+
+
 def test_metrics_have_replica_series_and_serve_overhead(ray_server):
     before = replica_counts(ray_server.url, "llmserve:replica_stream_messages_total")
     tokens_before = replica_counts(ray_server.url, "llmserve:replica_generation_tokens_total")

@@ -148,6 +148,7 @@ class ModelReplica:
                 if hub is None:
                     hub = ray.get_actor(self._hub_name)
                 stats = self.model.engine.stats()
+                self.metrics.refresh([self.model])  # the gauges as of now, as a scrape would
                 await hub.put.remote(self.model.name, self.replica, replica_families(self.metrics, self.replica),
                                      (stats.running, stats.waiting))
             except Exception:  # the hub is optional: metrics must never take a replica down
