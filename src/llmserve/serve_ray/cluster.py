@@ -22,7 +22,7 @@ LOCAL = "local"
 def prepare_environment(address: str) -> None:
     """Before ``import ray``: the variables Ray reads once, at import or in the processes it starts."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    if address == LOCAL:
+    if address == LOCAL or _is_loopback(address.rpartition(":")[0] or address):  # a cluster on this machine
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node address 127.0.0.1 (see above)
 
 

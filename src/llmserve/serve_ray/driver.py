@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 from llmserve.serve_ray import cluster
 from llmserve.serve_ray.sizing import in_flight_limit, most_replicas, parse_autoscale
@@ -32,6 +33,8 @@ def check(settings: Settings) -> None:
     """What can be refused before Ray starts (clear CLI errors)."""
     for model in settings.model_list():
         check_supported(model)
+        if not Path(model.resolved_path()).exists():  # else every replica would fail, and Serve retry it
+            raise ValueError(f"model {model.served_name()!r}: {model.resolved_path()} does not exist")
     if settings.autoscale:
         parse_autoscale(settings.autoscale)
     if settings.workers > 1:
@@ -117,7 +120,11 @@ def serve_forever(settings: Settings) -> int:
     try:
         hub = ray.remote(num_cpus=0)(MetricsHub).options(name=HUB_NAME, lifetime=None).remote()
         serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=serve_logging(settings))
-        serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        try:
+            serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        except RuntimeError as exc:  # a replica failed to start (Serve logged why, above)
+            logger.error("could not deploy on Ray Serve: %s", exc)
+            return 1
         logger.info("serving %s on http://%s:%d through Ray Serve (%s replica(s) each, ready in %.1f s)",
                     ", ".join(m.served_name() for m in settings.model_list()), settings.host, settings.port,
                     settings.autoscale or settings.replicas, time.monotonic() - t0)
@@ -128,5 +135,5 @@ def serve_forever(settings: Settings) -> int:
         del hub
     finally:
         cluster.shutdown()
-    logger.info("Ray Serve and the cluster are down")
+    logger.info("Ray Serve is down%s", ", and the cluster" if address == cluster.LOCAL else "")
     return 0
