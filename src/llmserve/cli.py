@@ -29,14 +29,6 @@ def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
     return annotation if annotation in (int, float, str) else str, None
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = frozenset()) -> None:
     """One flag per Settings field; unset flags stay absent so env vars and the config file apply."""
     for name, field in Settings.model_fields.items():
@@ -48,8 +40,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
             parser.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
                                 help=f"{field.description} [env {env}]")
             continue
-        if field.annotation is bool and field.default is False:  # a switch: --ray (or --ray true|false)
-            parser.add_argument("--" + name.replace("_", "-"), dest=name, nargs="?", const=True, type=_bool,
+        if field.annotation is bool and field.default is False:  # a switch (--ray), so MODEL_PATH may follow it
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_const", const=True,
                                 default=argparse.SUPPRESS, help=f"{field.description} [env {env}]")
             continue
         flag_type, choices = _flag_type(field.annotation)
