@@ -11,13 +11,15 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from llmserve import __version__
 from llmserve.cli_keys import add_keys_parser, run_keys
 from llmserve.settings import ModelSettings, Settings
 
 CLI_EXCLUDED = {"models"}
+SWITCHES = {"ray"}  # boolean flags that take no value at all
+CHAT_MAX_TOKENS = 512  # llmserve chat's reply cap when neither the flag nor the model's defaults set one
 
 
 def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
@@ -35,25 +37,62 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
         if name in CLI_EXCLUDED or name in skip:
             continue
         env = f"LLMSERVE_{name.upper()}"
+        if _is_mapping_field(field.annotation):  # repeatable KEY=VALUE (or one JSON object)
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action="append", default=argparse.SUPPRESS,
+                                metavar="KEY=VALUE", help=f"{field.description} [env {env}: a JSON object]")
+            continue
         if typing.get_origin(field.annotation) is list:  # repeatable flag, singular name
             flag = "--" + name.removesuffix("s").replace("_", "-")
             parser.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
                                 help=f"{field.description} [env {env}]")
             continue
-        if field.annotation is bool and field.default is False:  # a switch (--ray), so MODEL_PATH may follow it
+        if name in SWITCHES:  # takes no value, so MODEL_PATH may follow it ("serve --ray model.gguf")
             parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_const", const=True,
                                 default=argparse.SUPPRESS, help=f"{field.description} [env {env}]")
             continue
         flag_type, choices = _flag_type(field.annotation)
+        # a bare boolean flag means true ("--allow-special-tokens-in-content"); "--web-ui false" still works
+        bare = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, type=flag_type, choices=choices,
             default=argparse.SUPPRESS, help=f"{field.description} [env {env}; default {field.get_default(call_default_factory=True)!r}]",
+            **bare,
         )
     parser.add_argument("--config", type=Path, default=None, help="YAML or TOML file with settings (lowest precedence).")
 
 
+def _is_mapping_field(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def parse_mapping_flags(values: list[str], flag: str) -> dict[str, Any]:
+    """``["temperature=0.2", "stop=[\"###\"]"]`` or ``['{"temperature": 0.2}']`` as one dict; a
+    value is JSON when it parses as JSON, a string otherwise."""
+    out: dict[str, Any] = {}
+    for item in values:
+        item = item.strip()
+        if item.startswith("{"):
+            try:
+                data = json.loads(item)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{flag}: not a JSON object: {exc}") from None
+            out.update(data)
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag}: expected KEY=VALUE or a JSON object, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 def load_settings(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    for name, value in list(overrides.items()):
+        if _is_mapping_field(Settings.model_fields[name].annotation):
+            overrides[name] = parse_mapping_flags(value, "--" + name.replace("_", "-"))
     if getattr(args, "model_path", None):
         overrides["model"] = args.model_path
     return Settings.load(overrides, args.config)
@@ -71,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="Chat with a model in the terminal (streaming, keeps the conversation).")
     chat.add_argument("model_path", nargs="?", metavar="MODEL_PATH", help="GGUF file or HF model directory (default: bundled).")
     chat.add_argument("--system", default=None, help="System prompt.")
-    chat.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature (default 0.7).")
-    chat.add_argument("--max-tokens", type=int, default=512, help="Most tokens per reply (default 512).")
+    chat.add_argument("--temperature", type=float, default=None,
+                      help="Sampling temperature (default: the model's, as GET /v1/models shows it; 0 is greedy).")
+    chat.add_argument("--max-tokens", type=int, default=None,
+                      help=f"Most tokens per reply (default: the model's default max_tokens, else {CHAT_MAX_TOKENS}).")
     add_settings_flags(chat, skip={"model", "host", "port", "max_request_bytes"})
 
     models = sub.add_parser("models", help="List the models available on this machine, the bundled default included.")
@@ -106,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         for error in exc.errors():
             where = ".".join(str(p) for p in error.get("loc", ()))
             message = error.get("msg", "invalid value").removeprefix("Value error, ")
+            if error.get("type") == "extra_forbidden":
+                message = "unknown setting"
             print(f"llmserve: {where + ': ' if where else ''}{message}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:
@@ -164,12 +207,20 @@ def check_worker_limits(settings: Settings) -> None:
 def _chat(args: argparse.Namespace, settings: Settings) -> int:
     from llmserve.chat_model import ChatModel
     from llmserve.log import configure_logging
+    from llmserve.sampling_defaults import describe
 
     configure_logging("warning")
     model_settings: ModelSettings = settings.model_list()[0]
     print(f"loading {model_settings.served_name()} ...", file=sys.stderr)
     with ChatModel(settings=model_settings) as model:
         history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+        flags = {"temperature": args.temperature, "max_tokens": args.max_tokens}
+        sampling = dict(flags)
+        line = describe(model.sampling_defaults, flags, by="flag")
+        if args.max_tokens is None and model.sampling_defaults.values["max_tokens"] is None:
+            sampling["max_tokens"] = CHAT_MAX_TOKENS
+            line += f", max_tokens {CHAT_MAX_TOKENS} (llmserve chat)"
+        print(f"sampling: {line}", file=sys.stderr)
         print("ready. /reset clears the conversation, /exit or Ctrl-D quits.", file=sys.stderr)
         while True:
             try:
@@ -187,7 +238,7 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
             history.append({"role": "user", "content": line})
             parts = []
             try:
-                for piece in model.stream_chat(history, temperature=args.temperature, max_tokens=args.max_tokens):
+                for piece in model.stream_chat(history, **sampling):
                     print(piece, end="", flush=True)
                     parts.append(piece)
             except KeyboardInterrupt:

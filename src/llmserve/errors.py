@@ -80,7 +80,27 @@ class ModelLoading(Overloaded):
     code = "model_loading"
 
 
+class EngineStalled(Overloaded):
+    """The engine has had work but made no progress for ``watchdog_timeout`` seconds."""
+
+    code = "engine_stalled"
+
+
 class EngineError(LLMServeError):
     """The backend failed; the request is lost but the server stays up."""
 
     code = "engine_error"
+
+
+class EngineUnavailable(EngineError):
+    """The chosen engine cannot be imported here (its package is missing or broken); the
+    message says how to install it."""
+
+    code = "engine_unavailable"
+
+
+class InvalidModel(EngineError):
+    """The model path is not a model the engine can load: not a model at all, a corrupt or
+    truncated file, an architecture the engine does not support."""
+
+    code = "invalid_model"

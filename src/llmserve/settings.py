@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,42 @@ Q41Kernel = Literal["auto", "tiles", "stock"]
 Q41_KERNEL_HELP = ("Q4_1 matmul kernel of the llama.cpp engine: auto measures llmserve's tiles against ggml's "
                    "vec_dot per batch size once per CPU, model and thread count (cached) and runs the faster "
                    "one at each size; tiles or stock force one.")
+
+DEFAULT_SAMPLING_HELP = (
+    "Sampling defaults for the parameters a request leaves unset, over the model's own (its "
+    "generation_config.json or GGUF general.sampling.* keys) and llmserve's built-ins: "
+    "--default-sampling temperature=0.2 --default-sampling top_p=0.9 (repeatable, or one JSON "
+    "object); config file: default_sampling: {temperature: 0.2}. Keys: temperature, top_p, top_k, "
+    "min_p, max_tokens, stop, seed, presence_penalty, frequency_penalty, repetition_penalty."
+)
+
+
+class DefaultSampling(BaseModel):
+    """Sampling defaults for one model (unset: the next source decides; see sampling_defaults.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 is greedy.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1, description="0 or -1 disables.")
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = Field(None)
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 16:
+            raise ValueError("stop takes at most 16 sequences")
+        return value
+
+    def given(self) -> dict[str, Any]:
+        """The defaults set here (unset ones left out)."""
+        return self.model_dump(exclude_none=True)
 
 
 class ModelSettings(BaseModel):
@@ -43,6 +79,9 @@ class ModelSettings(BaseModel):
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
     q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
+    allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
+    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
+    default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP)
 
     def served_name(self) -> str:
         if self.name:
@@ -93,7 +132,14 @@ class Settings(BaseSettings):
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
     q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
+    allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
+    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
+    default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP + " With 'models:' in the config file, these apply to every model, under each model's own default_sampling.")
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
+    # -- request hardening (workpool.py, server/body.py) --
+    cpu_workers: int = Field(2, ge=1, le=64, description="Threads for the CPU work of requests (parsing large bodies, rendering chat templates, tokenizing), kept off the event loop.")
+    cpu_queue: int = Field(256, ge=1, description="Requests whose CPU work may wait for those threads; beyond that the server answers 503.")
+    max_json_depth: int = Field(64, ge=4, le=1000, description="Deepest nesting of arrays and objects a JSON body may have; deeper ones get 400.")
     # -- Ray Serve (serve_ray/, the llmserve[ray] extra) --------------------------------------------
     ray: bool = Field(False, description="Serve through Ray Serve: each model a deployment of --replicas engines, the same API in front (needs the llmserve[ray] extra).")
     ray_address: str | None = Field(None, description="With --ray: the Ray cluster to join (the address 'ray start --head' prints), or 'local' to start a cluster on this machine, on loopback (default).")
@@ -154,7 +200,9 @@ class Settings(BaseSettings):
 
     def _models(self) -> list[ModelSettings]:
         if self.models:
-            return list(self.models)
+            shared = self.default_sampling.given()
+            return [m.model_copy(update={"default_sampling": DefaultSampling(**{**shared, **m.default_sampling.given()})})
+                    for m in self.models]
         return [
             ModelSettings(
                 name=self.served_model_name,
@@ -169,6 +217,9 @@ class Settings(BaseSettings):
                 chat_template=self.chat_template,
                 flash_attn=self.flash_attn,
                 q4_1_kernel=self.q4_1_kernel,
+                allow_special_tokens_in_content=self.allow_special_tokens_in_content,
+                watchdog_timeout=self.watchdog_timeout,
+                default_sampling=self.default_sampling,
             )
         ]
 

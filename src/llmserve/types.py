@@ -40,10 +40,19 @@ class Constraint:
 
     ``kind``: ``json_schema`` (``spec`` is the schema's JSON text), ``json_object`` (any JSON
     object; ``spec`` empty), ``regex``, ``choice`` (``spec`` is a JSON list of strings) or
-    ``grammar`` (a Lark grammar in llguidance's dialect, or GBNF). With ``trigger`` the
-    constraint is lazy: decoding is free until the completion contains ``trigger``, and from the
-    trigger on the text must match (tool calls under ``tool_choice: auto``).
-    ``llmserve.structured`` compiles it; the engines enforce it.
+    ``grammar`` (a Lark grammar in llguidance's dialect, or GBNF). JSON is generated compact (no
+    whitespace between tokens). The sequence finishes with ``stop`` as soon as the grammar is
+    complete; ``max_tokens`` first gives ``length``.
+
+    ``trigger`` makes the constraint lazy (tool calls under ``tool_choice: auto``): decoding is
+    free (no mask, no grammar work) until the generated text contains ``trigger``; from then on
+    the grammar must match the completion FROM THE FIRST CHARACTER OF THE TRIGGER to the end, so
+    the grammar itself starts with the trigger, e.g. ``start: "<tool_call>" ...``. The trigger may
+    span several tokens and end mid-token (the rest of that token is matched too); text the
+    grammar cannot match there ends the sequence with an ``EngineError``.
+    ``llmserve.structured`` compiles it; the engines enforce it (``Capabilities.constraints``
+    lists the kinds, plus ``"trigger"`` where lazy constraints work). See
+    docs/structured-output.md.
     """
 
     kind: str
@@ -134,6 +143,15 @@ class Capabilities:
     sampling: frozenset[str]
     max_context: int  # longest prompt + completion one request may use
     chat_template: bool = True
+    # texts the tokenizer reads as control tokens when it parses special tokens ("<|im_end|>"):
+    # chat content that contains one is tokenized as plain text (llmserve.content_text)
+    special_tokens: frozenset[str] = frozenset()
+    # the most characters one token can stand for: a text of N characters is at least
+    # N / max_token_chars tokens, so what cannot fit the context is refused before tokenizing
+    max_token_chars: int | None = None
+    tool_format: str | None = None  # how the chat template shows tools and calls (structured/tools); None: no tools
+    # structured output: the Constraint kinds honoured, and "trigger" when lazy constraints are
+    constraints: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,9 @@ class EngineStats:
     loaded: bool
     running: int = 0  # sequences being prefilled or decoded
     waiting: int = 0  # admitted but not yet scheduled
+    # time.monotonic() of the engine's last progress (a step finished, or work came to an idle
+    # engine); None: the engine does not tell. Busy and stale for long: the engine is stalled.
+    last_progress: float | None = None
 
 
 @dataclass(frozen=True)

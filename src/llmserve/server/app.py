@@ -10,11 +10,13 @@ from fastapi import FastAPI
 from llmserve import __version__
 from llmserve.chat_model import AsyncChatModel
 from llmserve.server.errors import install_error_handlers
+from llmserve.server import openapi
 from llmserve.server.metrics import Metrics
 from llmserve.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from llmserve.server.registry import ModelRegistry
 from llmserve.server.routes import completions, embeddings, health, metrics, openai, tokenize, web
 from llmserve.settings import Settings
+from llmserve.workpool import WorkPool
 
 # -- API keys, rate limits, simple and WebSocket routes
 from llmserve.server.keystore import KeyStore
@@ -29,6 +31,11 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         chosen = models if models is not None else [AsyncChatModel(settings=m) for m in settings.model_list()]
+        # one bounded pool for the CPU work of every request (parsing, rendering, tokenizing)
+        pool = WorkPool(settings.cpu_workers, settings.cpu_queue)
+        app.state.work_pool = pool
+        for model in chosen:
+            model.pool = pool
         registry = ModelRegistry(chosen)
         app.state.registry = registry
         for name in registry.models:
@@ -39,6 +46,7 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
             yield
         finally:
             await registry.aclose()
+            pool.close()
             await app.state.rate_limiter.aclose()
             app.state.metrics.close()
 
@@ -48,6 +56,7 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     app.state.keystore = KeyStore(settings.key_db) if settings.key_db else None
     app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
+    openapi.install(app)
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(metrics.router)

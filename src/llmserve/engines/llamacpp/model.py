@@ -104,6 +104,19 @@ class LlamaModel:
             raise EngineError(f"tokenization failed ({n})")
         return list(buf[:n])
 
+    def scan_vocab(self) -> tuple[frozenset[str], int]:
+        """The texts of the tokens llama.cpp parses as control tokens (``<|im_end|>``), and the
+        most characters one token stands for (special tokens included)."""
+        special: set[str] = set()
+        longest = 1
+        control = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_UNKNOWN
+        for token in range(self.n_vocab):
+            piece = self.piece(token, special=True)
+            longest = max(longest, len(piece))
+            if ll.llama_vocab_get_attr(self.vocab, token) & control and piece:
+                special.add(piece.decode("utf-8", "replace"))
+        return frozenset(special), longest
+
     def piece(self, token: int, *, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)

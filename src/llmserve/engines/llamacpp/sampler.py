@@ -103,9 +103,9 @@ class BatchSampler:
             if sampler.chain is not None:
                 tokens[i] = ll.llama_sampler_sample(sampler.chain, ctx, idx)
             elif sampler.greedy:
-                tokens[i] = int(np.argmax(self._logits(ctx, idx)))
+                tokens[i] = int(np.argmax(self.logits(ctx, idx)))
             else:
-                np.multiply(self._logits(ctx, idx), np.float32(sampler.inv_temp), out=self._scratch[len(draws)])
+                np.multiply(self.logits(ctx, idx), np.float32(sampler.inv_temp), out=self._scratch[len(draws)])
                 draws.append(i)
         if draws:
             x = self._scratch[:len(draws)]
@@ -117,5 +117,6 @@ class BatchSampler:
                 tokens[i] = token
         return tokens
 
-    def _logits(self, ctx, idx: int) -> np.ndarray:
+    def logits(self, ctx, idx: int) -> np.ndarray:
+        """A writable view of llama.cpp's logits row for batch index ``idx``."""
         return np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))

@@ -19,6 +19,7 @@ from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.sampler import BatchSampler, SequenceSampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
 from llmserve.errors import EngineError, LLMServeError
+from llmserve.structured import GrammarViolation, Guide, MaskBatch, apply_bitmask
 from llmserve.types import Delta, FinishReason, Usage
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Sequence(Queued):
     generated: list[int] = field(default_factory=list)
     pending: int | None = None  # sampled, emitted, not yet decoded
     sampler: SequenceSampler | None = None
+    guide: Guide | None = None  # structured output: masks this sequence's tokens
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
 
@@ -69,10 +71,12 @@ class Scheduler(WorkerLoop[Sequence]):
         self.n_batch = ctx.n_batch
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._sampler = BatchSampler(model.n_vocab, n_slots)
+        self._masks = MaskBatch(n_slots, model.n_vocab)  # one row per slot
 
     def stop(self) -> None:
         super().stop()
         ll.llama_batch_free(self._batch)
+        self._masks.close()
 
     # -- worker thread ------------------------------------------------------------------------
     def _step(self) -> None:
@@ -168,6 +172,7 @@ class Scheduler(WorkerLoop[Sequence]):
         return decoding, prefill
 
     def _decode(self, decoding, prefill, out: list[tuple[Sequence, Output]]) -> None:
+        self._start_masks(decoding, prefill)  # filled on a helper thread while llama_decode runs
         rc = ll.llama_decode(self.ctx.ptr, self._batch)
         self.steps += 1
         if rc != 0:
@@ -188,18 +193,53 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.n_prefilled += length
             if idx >= 0:
                 sample.append((seq, idx))
+        self._apply_masks(sample)
         tokens = self._sampler.sample(self.ctx.ptr, [(seq.sampler, idx) for seq, idx in sample])
         for (seq, _), token in zip(sample, tokens):
             out.append((seq, self._advance(seq, token)))
 
-    def _advance(self, seq: Sequence, token: int) -> Delta:
+    # -- structured output: masks for the constrained sequences of a step ------------------------
+    def _start_masks(self, decoding, prefill) -> None:
+        rows = [(seq.guide, seq.slot.seq_id) for seq, _ in decoding if seq.guide is not None and seq.guide.active]
+        rows += [(seq.guide, seq.slot.seq_id) for seq, _, idx in prefill
+                 if idx >= 0 and seq.guide is not None and seq.guide.active]
+        self._masks.start(rows)
+
+    def _apply_masks(self, sample: list[tuple[Sequence, int]]) -> None:
+        """Masks the logits IN PLACE in llama.cpp's buffer, before any sampling: the numpy path,
+        the llama.cpp chains and anything reading the logits later (logprobs) see forbidden
+        tokens at -inf."""
+        forbidden = self._masks.wait()
+        for seq, idx in sample:
+            if seq.guide is not None and seq.guide.active:
+                apply_bitmask(self._sampler.logits(self.ctx.ptr, idx), forbidden[seq.slot.seq_id])
+
+    def _guide(self, seq: Sequence, token: int, piece: bytes, text: str) -> Output | None:
+        """Feeds the sampled token to the sequence's grammar; returns the sequence's last output
+        when that ends it (the grammar is complete: ``stop``; it broke: an EngineError for this
+        sequence alone), else None."""
+        try:
+            seq.guide.accept(token, piece)
+        except GrammarViolation as exc:
+            logger.warning("request %s broke its grammar: %s", seq.request.request_id, exc)
+            self._release(seq.slot)
+            return EngineError(f"structured output failed: {exc}")
+        if seq.guide.done:  # nothing else may follow
+            text += seq.decoder.decode(b"", final=True)
+            return self._finish(seq, Delta(text, (token,), FinishReason.STOP, self._usage(seq)))
+        return None
+
+    def _advance(self, seq: Sequence, token: int) -> Output:
         """Account one sampled token; finished sequences leave their slot (KV kept for reuse)."""
         n_prompt = len(seq.prompt)
         if self.model.is_eog(token) and not seq.request.sampling.ignore_eos:
             text = seq.decoder.decode(b"", final=True)
             return self._finish(seq, Delta(text, (token,), FinishReason.STOP, self._usage(seq, 1)))
         seq.generated.append(token)
-        text = seq.decoder.decode(self.model.piece(token))
+        piece = self.model.piece(token)
+        text = seq.decoder.decode(piece)
+        if seq.guide is not None and (end := self._guide(seq, token, piece, text)) is not None:
+            return end
         max_new = seq.request.sampling.max_tokens
         if (max_new is not None and len(seq.generated) >= max_new) or n_prompt + len(seq.generated) >= self.ctx.n_ctx_seq:
             text += seq.decoder.decode(b"", final=True)

@@ -14,27 +14,33 @@ from fastapi.responses import StreamingResponse
 from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import InvalidRequest
 from llmserve.server.auth import require_api_key
-from llmserve.server.convert import sampling_from, usage_info
+from llmserve.server.body import JSONBodyRoute
+from llmserve.server.convert import constraint_of, sampling_from, usage_info
 from llmserve.server.deps import get_model
 from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import CompletionChoice, CompletionRequest, TextCompletion
+from llmserve.server.openapi import errors, success
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import DONE, ClientGone, error_event, sse, until_disconnect
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 MAX_PROMPTS = 64
+CHUNKS = ("with stream: true, 'data: {text_completion}' events, an 'error' event if the generation fails "
+          "after the first one, then 'data: [DONE]'")
 
 
-@router.post("/completions", response_model=None, dependencies=[Depends(rate_limit)])
+@router.post("/completions", response_model=None, dependencies=[Depends(rate_limit)],
+             responses={**success(TextCompletion, stream=CHUNKS), **errors(404, 503)})
 async def completions(body: CompletionRequest, request: Request) -> Response | TextCompletion:
     model = get_model(request, body.model)
-    sampling = sampling_from(body)
+    sampling = sampling_from(body, model.sampling_defaults)
+    constraint = constraint_of(body)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     try:
-        gens = [model.build_request(tokens, sampling, request_id=f"{completion_id}-{i}")
+        gens = [model.build_request(tokens, sampling, request_id=f"{completion_id}-{i}", constraint=constraint)
                 for i, tokens in enumerate(prompt_tokens(model, body.prompt))]
     except InvalidRequest as exc:  # build_request speaks of chat messages; here they are prompts
         if exc.param == "messages":

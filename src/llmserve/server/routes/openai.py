@@ -11,7 +11,17 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from llmserve.server.auth import require_api_key
-from llmserve.server.convert import chat_sampling, to_message, usage_info
+from llmserve.server.body import JSONBodyRoute
+from llmserve.server.convert import (
+    chat_sampling,
+    chat_tools,
+    constraint_of,
+    to_messages,
+    tool_calls_out,
+    tool_delta,
+    tool_or_format_constraint,
+    usage_info,
+)
 from llmserve.server.deps import get_model, get_registry
 from llmserve.server.generation import collect, generation_stream
 from llmserve.server.protocol import (
@@ -25,12 +35,16 @@ from llmserve.server.protocol import (
     ModelCard,
     ModelList,
 )
+from llmserve.server.openapi import errors, success
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import DONE, ClientGone, TextEvents, error_event, sse, until_disconnect
+from llmserve.structured.tools import Content, ToolPlan, finish_reason, plan_tools, tool_capabilities
 from llmserve.types import Delta, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
+CHUNKS = ("with stream: true, 'data: {chat.completion.chunk}' events, an 'error' event if the generation "
+          "fails after the first one, then 'data: [DONE]'")
 
 
 @router.get("/models")
@@ -40,18 +54,26 @@ async def list_models(request: Request) -> ModelList:
         caps = model.engine.capabilities
         cards.append(ModelCard(
             id=model.name, engine=model.settings.engine, max_model_len=caps.max_context,
-            capabilities={"sampling": sorted(caps.sampling), "ready": model.ready},
+            capabilities={"sampling": sorted(caps.sampling), "structured_outputs": sorted(caps.constraints),
+                          "tools": tool_capabilities(caps), "ready": model.ready},
+            sampling_defaults=model.sampling_defaults.public(),
+            sampling_defaults_source=dict(model.sampling_defaults.sources),
         ))
     return ModelList(data=cards)
 
 
-@router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)])
+@router.post("/chat/completions", response_model=None, dependencies=[Depends(rate_limit)],
+             responses={**success(ChatCompletion, stream=CHUNKS), **errors(404, 503)})
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
     model = get_model(request, body.model)
-    sampling = chat_sampling(body)
-    prompt = model.render([to_message(m) for m in body.messages])
+    sampling = chat_sampling(body, model.sampling_defaults)
+    tools = chat_tools(body)
+    plan = plan_tools(tools, model.engine.capabilities)
+    constraint = tool_or_format_constraint(plan, constraint_of(body))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    gen = model.build_request(prompt, sampling, request_id=completion_id)
+    # rendering and tokenizing run in the app's pool, never on the event loop
+    gen = await model.aprepare(to_messages(body.messages, model.name), sampling, request_id=completion_id,
+                               constraint=constraint, tools=tools.template_tools() if tools else None)
     deltas = generation_stream(request, model, gen)
     logger.info("chat completion %s: %d prompt tokens, stream=%s", completion_id, len(gen.prompt_tokens), body.stream)
     if body.stream:
@@ -62,23 +84,26 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             await deltas.aclose()
             raise
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _chat_events(completion_id, model.name, first, deltas, include_usage)
+        events = _chat_events(completion_id, model.name, first, deltas, include_usage, plan)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
         text, last = await until_disconnect(request, collect(deltas))
     except ClientGone:
         logger.info("client left before %s finished; generation aborted", completion_id)
         return Response(status_code=499)
+    content, calls = plan.parse(text) if plan else (text, [])
+    message = AssistantMessage(content=content or (None if calls else ""), tool_calls=tool_calls_out(calls))
     return ChatCompletion(
         id=completion_id,
         model=model.name,
-        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason.value)],
+        choices=[ChatChoice(message=message, finish_reason=finish_reason(last.finish_reason, calls))],
         usage=usage_info(last.usage),
     )
 
 
 async def _chat_events(
-    completion_id: str, model_name: str, first: Delta, deltas: AsyncIterator[Delta], include_usage: bool
+    completion_id: str, model_name: str, first: Delta, deltas: AsyncIterator[Delta], include_usage: bool,
+    plan: ToolPlan | None = None,
 ) -> AsyncIterator[str]:
     created = int(time.time())
 
@@ -93,15 +118,19 @@ async def _chat_events(
         choices=[ChunkChoice(delta=DeltaMessage(content=TextEvents.MARK))],
     ))
     usage: Usage | None = None
+    parser = plan.stream() if plan else None
     try:
         yield chunk(DeltaMessage(role="assistant", content=""))
         delta: Delta | None = first
         while delta is not None:
-            if delta.text:
+            if parser is not None:  # tool calls are parsed out of the text (structured/tools/parser.py)
+                for event in parser.feed(delta.text) + (parser.finish() if delta.finish_reason else []):
+                    yield content(event.text) if isinstance(event, Content) else chunk(tool_delta(event))
+            elif delta.text:
                 yield content(delta.text)
             if delta.finish_reason is not None:
                 usage = delta.usage
-                yield chunk(DeltaMessage(), delta.finish_reason.value)
+                yield chunk(DeltaMessage(), finish_reason(delta.finish_reason, parser.calls if parser else []))
                 break
             delta = await anext(deltas, None)
         if include_usage:
