@@ -62,6 +62,9 @@ async def test_the_ingress_tokenizes_and_renders_as_the_engine_does():
         tokens = engine.tokenize(prompt)
         assert vocab.tokenize(prompt) == tokens
         assert vocab.tokenize("hello", add_special=True) == engine.tokenize("hello", add_special=True)
+        assert vocab.tokenize(prompt, parse_special=False) == engine.tokenize(prompt, parse_special=False) != tokens
+        tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+        assert vocab.render_chat(messages, tools=tools) == engine.render_chat(messages, tools=tools)
         assert vocab.detokenize(tokens) == engine.detokenize(tokens)
         with pytest.raises(errors.InvalidRequest):
             vocab.detokenize([10**9])

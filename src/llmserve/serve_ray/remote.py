@@ -113,14 +113,15 @@ class RemoteEngine(Engine):
             raise ModelLoading("the model is not loaded yet", retry_after=5)
         return self.vocab
 
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        return self._require().tokenize(text, add_special=add_special)
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self._require().tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self._require().detokenize(token_ids)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        return self._require().render_chat(messages, add_generation_prompt=add_generation_prompt)
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        return self._require().render_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     @property
     def capabilities(self) -> Capabilities:

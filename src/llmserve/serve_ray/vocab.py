@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.errors import EngineError, InvalidRequest, ModelNotFound
@@ -21,12 +21,16 @@ from llmserve.types import Message
 logger = logging.getLogger(__name__)
 
 
+Tools = Sequence[dict[str, Any]] | None
+
+
 class Vocabulary(Protocol):
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]: ...
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]: ...
 
     def detokenize(self, token_ids: Sequence[int]) -> str: ...
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str: ...
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Tools = None) -> str: ...
 
     def close(self) -> None: ...
 
@@ -65,8 +69,8 @@ class LlamaVocabulary:
         self.template = ChatTemplate(source, bos_token=self.model.token_text(self.model.bos),
                                      eos_token=self.model.token_text(self.model.eos))
 
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        return self.model.tokenize(text, add_special=add_special)
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         bad = [t for t in token_ids if not 0 <= t < self.model.n_vocab]
@@ -74,8 +78,9 @@ class LlamaVocabulary:
             raise InvalidRequest(f"token id {bad[0]} is not in the vocabulary", param="tokens")
         return self.model.detokenize(token_ids, special=True)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Tools = None) -> str:
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     def close(self) -> None:
         self.model.close()
@@ -85,6 +90,8 @@ class HFVocabulary:
     def __init__(self, settings: ModelSettings):
         from transformers import AutoTokenizer
 
+        from llmserve.engines.hftok import HFTokenizing
+
         path = Path(settings.resolved_path())
         if path.is_file() and path.suffix == ".gguf":
             where, kwargs = path.parent, {"gguf_file": path.name}
@@ -93,18 +100,20 @@ class HFVocabulary:
         else:
             raise ModelNotFound(f"not a GGUF file or a Hugging Face model directory: {path}")
         self.tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        self.tokens = HFTokenizing(self.tokenizer)  # as the HF and vLLM engines tokenize
         source = _template_source(settings, getattr(self.tokenizer, "chat_template", None), str(path))
         self.template = ChatTemplate(source, bos_token=self.tokenizer.bos_token or "",
                                      eos_token=self.tokenizer.eos_token or "")
 
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self.tokens.encode(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Tools = None) -> str:
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     def close(self) -> None:
         pass
