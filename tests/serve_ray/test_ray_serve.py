@@ -161,6 +161,22 @@ def test_simple_api_websocket_and_keys_through_serve(ray_server):
     assert msg["type"] == "end" and "Paris" in "".join(parts)
 
 
+def test_structured_output_and_tool_calls_cross_the_handle(ray_server):
+    """The constraint is built in the ingress and enforced by the replica's engine."""
+    url = ray_server.url
+    out = ask(url, [{"role": "user", "content": "Describe Paris as JSON with a name and a country."}],
+              response_format={"type": "json_object"}, max_tokens=60)
+    assert out["choices"][0]["finish_reason"] == "stop"
+    assert isinstance(json.loads(out["choices"][0]["message"]["content"]), dict)
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    out = ask(url, [{"role": "user", "content": "What is the weather in Paris?"}], tools=[weather],
+              tool_choice="required", max_tokens=60)
+    calls = out["choices"][0]["message"]["tool_calls"]
+    assert out["choices"][0]["finish_reason"] == "tool_calls" and calls[0]["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(calls[0]["function"]["arguments"])["city"], str)
+
+
 def test_a_client_that_leaves_frees_its_slot_in_the_replica(ray_server):
     url = ray_server.url
     cancelled_before = sum(replica_counts(url, "llmserve:replica_requests_cancelled_total").values())
