@@ -138,6 +138,9 @@ class ModelReplica:
         thread = getattr(worker, "_thread", None)
         if thread is not None and not thread.is_alive():
             raise RuntimeError(f"the engine loop of {self.model.name!r} has stopped")
+        if self.model.stalled:  # the watchdog's verdict: work in flight and no step for --watchdog-timeout
+            raise RuntimeError(f"the engine of {self.model.name!r} made no progress for "
+                               f"{self.model.stalled_for():.0f} s with work in flight")
 
     async def _push_metrics(self) -> None:
         import ray
