@@ -6,6 +6,9 @@ Three measurements on the bundled model, each printed as a ratio of two runs mad
             a plain server with the same threads and slots (Serve's cost per request)
   scale     2 replicas of 1 thread driven at c=8, against two plain single-thread servers
             driven at c=4 each at the same time (on 2 cores, the scale-out ceiling)
+
+The servers of a measurement are up together and driven in alternating rounds (--rounds), so the
+machine's drift falls on both sides alike.
   cache     the second turn of --conversations conversations over 2 replicas (first turns,
             then second turns, all at once): the share of their prompt tokens served from the
             KV cache (usage.prompt_tokens_details.cached_tokens), which needs the router to send
@@ -91,52 +94,64 @@ async def conversations(url: str, n: int, words: int) -> tuple[int, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=16, help="requests per run of the c=1 and scale measurements")
+    ap.add_argument("--requests", type=int, default=24, help="requests per server for the c=1 and scale measurements (over all rounds)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--parallel", type=int, default=8, help="slots per server or replica")
     ap.add_argument("--ctx-size", type=int, default=16384)
     ap.add_argument("--conversations", type=int, default=8)
     ap.add_argument("--history-words", type=int, default=300)
+    ap.add_argument("--stream-interval", type=float, default=None, help="--ray-stream-interval of the Ray servers (default: llmserve's)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the c=1 and scale measurements")
     ap.add_argument("--only", default="c1,scale,cache")
     args = ap.parse_args()
     only = args.only.split(",")
     p, ctx, n, mt = args.parallel, args.ctx_size, args.requests, args.max_tokens
+    ray_flags = ("--ray",) + (("--ray-stream-interval", str(args.stream_interval)) if args.stream_interval is not None else ())
 
     if "c1" in only:
-        got = {}
-        for label, extra in (("plain", ()), ("ray", ("--ray", "--replicas", "1"))):
-            port = free_port()
-            with server(f"ray-bench-{label}", command(port, 1, p, ctx, *extra), port, "/health") as (url, _):
-                got[label] = asyncio.run(drive(url, 1, n, mt))
-        ttft = {k: statistics.median(r.ttft for r in v[0]) * 1000 for k, v in got.items()}
-        rate = {k: per_stream_tok_s(v[0]) for k, v in got.items()}
-        print(f"c=1, 1 thread, {n} requests of {mt} tokens")
+        # both up at once, measured in alternating rounds: the machine's drift hits both alike
+        with ExitStack() as stack:
+            urls = {}
+            for label, extra in (("plain", ()), ("ray", (*ray_flags, "--replicas", "1"))):
+                port = free_port()
+                urls[label] = stack.enter_context(server(f"ray-bench-{label}", command(port, 1, p, ctx, *extra),
+                                                         port, "/health"))[0]
+            got: dict[str, list[RequestResult]] = {"plain": [], "ray": []}
+            for _ in range(args.rounds):
+                for label, url in urls.items():
+                    got[label] += asyncio.run(drive(url, 1, max(1, n // args.rounds), mt))[0]
+        ttft = {k: statistics.median(r.ttft for r in v) * 1000 for k, v in got.items()}
+        rate = {k: per_stream_tok_s(v) for k, v in got.items()}
+        print(f"c=1, 1 thread, {len(got['ray'])} requests of {mt} tokens each, {args.rounds} alternating rounds")
         print(f"  TTFT p50   plain {ttft['plain']:.1f} ms   ray {ttft['ray']:.1f} ms   ray - plain {ttft['ray'] - ttft['plain']:+.1f} ms")
         print(f"  tok/s      plain {rate['plain']:.1f}   ray {rate['ray']:.1f}   ray / plain {rate['ray'] / rate['plain']:.3f}x")
 
     if "scale" in only:
         with ExitStack() as stack:
-            urls = []
+            bare = []
             for i in range(2):
                 port = free_port()
-                urls.append(stack.enter_context(server(f"ray-bench-bare{i}", command(port, 1, p, ctx), port, "/health"))[0])
+                bare.append(stack.enter_context(server(f"ray-bench-bare{i}", command(port, 1, p, ctx), port,
+                                                       "/health"))[0])
+            port = free_port()
+            ray_url = stack.enter_context(server("ray-bench-2x", command(port, 1, p, ctx, *ray_flags, "--replicas", "2"),
+                                                 port, "/health"))[0]
 
             async def both():
-                return await asyncio.gather(*(drive(u, 4, n // 2, mt) for u in urls))
+                return await asyncio.gather(*(drive(u, 4, max(1, n // args.rounds // 2), mt) for u in bare))
 
-            bare = asyncio.run(both())
-        port = free_port()
-        with server("ray-bench-2x", command(port, 1, p, ctx, "--ray", "--replicas", "2"), port, "/health") as (url, _):
-            results, seconds = asyncio.run(drive(url, 8, n, mt))
-        bare_rate = sum(tok_s(r, s) for r, s in bare)
-        ray_rate = tok_s(results, seconds)
-        print(f"scale: {n} requests of {mt} tokens")
+            bare_rates, ray_rates = [], []
+            for _ in range(args.rounds):
+                bare_rates.append(sum(tok_s(r, s) for r, s in asyncio.run(both())))
+                ray_rates.append(tok_s(*asyncio.run(drive(ray_url, 8, max(1, n // args.rounds), mt))))
+        bare_rate, ray_rate = statistics.median(bare_rates), statistics.median(ray_rates)
+        print(f"scale: {args.rounds} alternating rounds of {max(1, n // args.rounds)} requests of {mt} tokens (median)")
         print(f"  2 bare 1-thread servers at c=4 each {bare_rate:.1f} tok/s   2 replicas x 1 thread at c=8 "
               f"{ray_rate:.1f} tok/s   ray / bare {ray_rate / bare_rate:.3f}x")
 
     if "cache" in only:
         port = free_port()
-        with server("ray-bench-cache", command(port, 1, p, ctx, "--ray", "--replicas", "2"), port, "/health") as (url, _):
+        with server("ray-bench-cache", command(port, 1, p, ctx, *ray_flags, "--replicas", "2"), port, "/health") as (url, _):
             prompt, cached = asyncio.run(conversations(url, args.conversations, args.history_words))
         print(f"cache: second turns of {args.conversations} conversations over 2 replicas: {cached} of {prompt} "
               f"prompt tokens from the KV cache ({100 * cached / max(prompt, 1):.1f} %)")
