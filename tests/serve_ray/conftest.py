@@ -49,11 +49,12 @@ class RayServer:
     def replica_processes(self) -> list[psutil.Process]:
         out = []
         for p in self.processes():
-            try:
-                if "ServeReplica" in " ".join(p.cmdline()) and "model-" in " ".join(p.cmdline()):
-                    out.append(p)
+            try:  # Ray sets the process title (ray::ServeReplica:APP:model-NAME...)
+                title = " ".join(p.cmdline()) + " " + p.name()
             except psutil.Error:
-                pass
+                continue
+            if "ServeReplica" in title and "model-" in title:
+                out.append(p)
         return out
 
     def stop(self, timeout: float = 60.0) -> int:

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 
 import httpx
@@ -34,11 +35,14 @@ def ask(url: str, messages: list[dict], **extra) -> dict:
     return r.json()
 
 
-def stream(url: str, messages: list[dict], **extra) -> tuple[str, list[dict], int]:
-    """The streamed text, every SSE event (parsed; [DONE] as {"done": True}) and the status."""
+def stream(url: str, messages: list[dict], *, until: threading.Event | None = None,
+           events: list[dict] | None = None, **extra) -> tuple[str, list[dict], int]:
+    """The streamed text, every SSE event (parsed; [DONE] as {"done": True}) and the status.
+    ``events``: a list to fill as events arrive; ``until``: stop reading (and leave) once it is set."""
     body = {"model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 24, "stream": True,
             "stream_options": {"include_usage": True}, **extra}
-    events, parts = [], []
+    events = [] if events is None else events
+    parts = []
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=180, headers=AUTH) as r:
         if r.status_code != 200:
             r.read()
@@ -54,7 +58,13 @@ def stream(url: str, messages: list[dict], **extra) -> tuple[str, list[dict], in
             events.append(event)
             for choice in event.get("choices", []):
                 parts.append(choice["delta"].get("content") or "")
+            if until is not None and until.is_set():
+                break
     return "".join(parts), events, 200
+
+
+def content_events(events: list[dict]) -> int:
+    return sum(1 for e in events for c in e.get("choices", []) if c["delta"].get("content"))
 
 
 def replica_counts(url: str, metric: str = "llmserve:replica_request_success_total") -> dict[str, float]:
@@ -121,23 +131,30 @@ def test_conversation_turns_hit_the_replica_holding_their_prefix(ray_server):
 
 def test_a_full_queue_is_503_with_retry_after_before_any_200(ray_server):
     url = ray_server.url
-    long = {"max_tokens": 400, "ignore_eos": True}
+    release = threading.Event()
+    live: list[list[dict]] = [[] for _ in range(5)]
 
     def occupy(i):
-        return stream(url, [{"role": "user", "content": f"Count slowly to one hundred, {i}."}], **long)
+        return stream(url, [{"role": "user", "content": f"Count slowly to one hundred, {i}."}],
+                      max_tokens=1500, ignore_eos=True, until=release, events=live[i])
 
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
         busy = [pool.submit(occupy, i) for i in range(5)]  # 4 slots and the 1 queue place
-        time.sleep(3.0)
-        r = wait_for(lambda: (resp := httpx.post(url + "/v1/chat/completions", timeout=60, json={
-            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True,
-            "max_tokens": 4}, headers=AUTH)).status_code == 503 and resp, timeout=20)
+        try:
+            # the 4 slots stream; the 5th request, sent with them, waits in the queue
+            assert wait_for(lambda: sum(1 for e in live if e) == 4, timeout=120)
+            time.sleep(0.5)
+            r = wait_for(lambda: (resp := httpx.post(url + "/v1/chat/completions", timeout=60, json={
+                "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                "max_tokens": 4}, headers=AUTH)).status_code == 503 and resp, timeout=60)
+        finally:
+            release.set()  # the occupying streams leave (their slots free up; the queued one runs)
         assert r, "no 503 while every slot and the queue were taken"
         assert r.headers["retry-after"] == "1"
         err = r.json()["error"]
         assert err["type"] == "server_overloaded" and err["code"] == "overloaded"
         results = [f.result() for f in busy]
-    assert all(status == 200 and events[-1] == {"done": True} for _, events, status in results)
+    assert all(status == 200 and events for _, events, status in results)  # the queued one got its turn
     assert all(not any("error" in e for e in events) for _, events, _ in results)
 
 
@@ -254,26 +271,34 @@ def test_nothing_listens_beyond_loopback(ray_server):
 
 def test_a_killed_replica_ends_only_its_streams_and_is_replaced(ray_server):
     url = ray_server.url
-    long = {"max_tokens": 300, "ignore_eos": True}
+    release = threading.Event()
+    live: list[list[dict]] = [[] for _ in range(4)]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        streams = [pool.submit(stream, url, [{"role": "user", "content": f"Tell a long story, part {i}."}], **long)
+        streams = [pool.submit(stream, url, [{"role": "user", "content": f"Tell a long story, part {i}."}],
+                               max_tokens=1500, ignore_eos=True, until=release, events=live[i])
                    for i in range(4)]  # 2 slots on each replica: both replicas stream
-        time.sleep(4.0)
-        replicas = ray_server.replica_processes()
-        assert len(replicas) == 2
-        replicas[0].kill()  # kill -9
+        try:
+            assert wait_for(lambda: all(live), timeout=120), "the 4 streams did not all start"
+            replicas = wait_for(lambda: len(found := ray_server.replica_processes()) == 2 and found, timeout=30)
+            assert replicas, f"expected 2 replica processes: {ray_server.replica_processes()}"
+            replicas[0].kill()  # kill -9
+            at_kill = [content_events(e) for e in live]
+            ended = wait_for(lambda: [i for i, f in enumerate(streams) if f.done()], timeout=60)
+            time.sleep(2.0)  # the others keep streaming meanwhile
+        finally:
+            release.set()
         results = [f.result() for f in streams]
+    assert ended, "no stream ended after the kill"
     failed = [events for _, events, status in results if any("error" in e for e in events)]
-    finished = [events for _, events, status in results if not any("error" in e for e in events)]
+    survived = [(i, events) for i, (_, events, status) in enumerate(results) if not any("error" in e for e in events)]
     assert all(status == 200 for _, _, status in results)
-    assert failed and finished, "the kill should end the dead replica's streams and only those"
+    assert failed and survived, "the kill should end the dead replica's streams and only those"
     for events in failed:
         assert events[-1] == {"done": True}
         error = [e for e in events if "error" in e][0]["error"]
         assert error["code"] == "engine_error"
-    for events in finished:
-        assert events[-1] == {"done": True}
-        assert [c["finish_reason"] for e in events for c in e.get("choices", []) if c["finish_reason"]] == ["length"]
+    for i, events in survived:
+        assert content_events(events) > at_kill[i]  # still streaming after the kill
 
     def recovered():
         try:
@@ -291,11 +316,11 @@ def test_a_killed_replica_ends_only_its_streams_and_is_replaced(ray_server):
 def test_sigterm_drains_then_leaves_no_process(ray_server):
     procs = ray_server.processes()
     assert any("raylet" in p.name() for p in procs) and any("gcs_server" in p.name() for p in procs)
+    live: list[dict] = []
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(stream, ray_server.url, [{"role": "user", "content": "Tell a story."}],
-                                max_tokens=120, ignore_eos=True)
-        time.sleep(0.5)
-        assert not in_flight.done()
+                                max_tokens=100, ignore_eos=True, events=live)
+        assert wait_for(lambda: live, timeout=60, every=0.05)  # the first token is out
         assert ray_server.stop(timeout=90) == 0
         text, events, status = in_flight.result()
     # the request in flight finished before the server went down

@@ -23,7 +23,8 @@ def router():
 
 def pending(tokens, rid="x"):
     return SimpleNamespace(args=[GenerationRequest(rid, tuple(tokens))], kwargs={},
-                           metadata=SimpleNamespace(internal_request_id=rid))
+                           metadata=SimpleNamespace(internal_request_id=rid),
+                           routing_context=SimpleNamespace(should_backoff=False))
 
 
 A, B = SimpleNamespace(replica_id="A"), SimpleNamespace(replica_id="B")
@@ -34,7 +35,9 @@ def conversation(n: int, length: int = 60) -> tuple[int, ...]:
 
 
 async def first_choice(r, tokens) -> str:
-    ranks = await r.choose_replicas([A, B], pending(tokens))
+    request = pending(tokens)
+    ranks = await r.choose_replicas([A, B], request)
+    assert request.routing_context.should_backoff  # every replica ranked: Serve backs off when all refuse
     assert sorted(x.replica_id for rank in ranks for x in rank) == ["A", "B"]  # every replica, ranked
     return ranks[0][0].replica_id
 
@@ -67,6 +70,7 @@ async def test_a_busy_owner_gives_way_past_the_imbalance():
 async def test_requests_that_are_not_generations_take_the_least_loaded():
     r = router()
     r.on_request_routed(pending(conversation(1), "t1"), "A", None)
-    ranks = await r.choose_replicas([A, B], SimpleNamespace(args=[], kwargs={}, metadata=None))
+    ranks = await r.choose_replicas([A, B], SimpleNamespace(args=[], kwargs={}, metadata=None,
+                                                            routing_context=SimpleNamespace(should_backoff=False)))
     assert ranks[0][0].replica_id == "B"
     assert await r.choose_replicas([], None) == []

@@ -81,6 +81,8 @@ class PrefixAffinityRouter(RequestRouter):
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        if pending_request is not None:  # every replica is ranked below: when all refuse, back off
+            pending_request.routing_context.should_backoff = True
         if not candidate_replicas:
             return []
         by_load = sorted(candidate_replicas, key=lambda r: (self._load(r), random.random()))
