@@ -170,7 +170,7 @@ class ThreadServer:
     def __enter__(self) -> ThreadServer:
         self.thread.start()
         with httpx.Client(base_url=self.url) as c:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 300  # a vLLM engine loads in ~60 s here, more on a busy machine
             while time.monotonic() < deadline:
                 try:
                     if c.get("/health").status_code == 200:

@@ -115,9 +115,12 @@ class AsyncChatModel:
         supported = self.engine.capabilities.sampling
         if not supported:  # an engine that cannot generate (an embedding model)
             raise InvalidRequest(f"model {self.name!r} serves embeddings only", param="model")
-        defaults = SamplingParams()
+        # a value at its neutral default, or at this model's own default, is not a request for it
+        neutral, own = SamplingParams(), self.sampling_defaults.values
         for f in dataclasses.fields(SamplingParams):
-            if f.name not in supported and getattr(sampling, f.name) != getattr(defaults, f.name):
+            value = getattr(sampling, f.name)
+            defaulted = value == getattr(neutral, f.name) or (f.name in own and value == own[f.name])
+            if f.name not in supported and not defaulted:
                 raise UnsupportedParameter(f"{f.name} is not supported by the {self.settings.engine} engine", param=f.name)
 
     @property
@@ -303,9 +306,11 @@ class AsyncChatModel:
             await stream.aclose()
 
     async def astream_deltas(
-        self, messages: MessagesLike, request_id: str | None = None, **sampling: Any
+        self, messages: MessagesLike, request_id: str | None = None, *, constraint: Constraint | None = None,
+        **sampling: Any
     ) -> AsyncIterator[Delta]:
-        request = await self.aprepare(messages, self.sampling_defaults.resolve(sampling), request_id)
+        """``constraint``: structured output (``Constraint("json_schema", schema_text)``, ...)."""
+        request = await self.aprepare(messages, self.sampling_defaults.resolve(sampling), request_id, constraint)
         async with aclosing(self.agenerate(request)) as deltas:  # closing aborts in the engine
             async for delta in deltas:
                 yield delta

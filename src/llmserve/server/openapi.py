@@ -63,6 +63,8 @@ def install(app: FastAPI) -> None:
 
 def api_routes(app: FastAPI) -> list[Any]:
     """The app's API routes as the schema sees them (with their routers' prefixes and dependencies)."""
+    if not hasattr(routing, "iter_route_contexts"):  # FastAPI before 0.160 (the vLLM venv's): routes are flat
+        return [r for r in app.routes if isinstance(r, routing.APIRoute) and r.include_in_schema]
     return [rc for rc in routing.iter_route_contexts(app.routes)
             if isinstance(rc.original_route, routing.APIRoute) and rc.include_in_schema]
 

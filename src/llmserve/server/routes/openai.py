@@ -68,7 +68,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     model = get_model(request, body.model)
     sampling = chat_sampling(body, model.sampling_defaults)
     tools = chat_tools(body)
-    plan = plan_tools(tools, model.engine.capabilities)
+    # the tool-call grammar is built and checked by llguidance in the pool too
+    plan = await model.run_blocking(plan_tools, tools, model.engine.capabilities) if tools else None
     constraint = tool_or_format_constraint(plan, constraint_of(body))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     # rendering and tokenizing run in the app's pool, never on the event loop
