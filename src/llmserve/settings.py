@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     replica_gpus: float = Field(0, ge=0, description="With --ray: GPUs per replica (Ray's num_gpus; Ray gives each replica its own CUDA_VISIBLE_DEVICES): 1 runs one vLLM engine per GPU.")
     max_queued: int | None = Field(None, ge=1, description="With --ray: requests per model that may wait for a free replica slot; beyond that 503 with Retry-After (default: --max-queue).")
     autoscale: str | None = Field(None, description="With --ray: MIN:MAX replicas per model, scaled by Serve on requests in flight (--replicas is then the initial count).")
-    ray_stream_interval: float = Field(0.02, ge=0, le=1, description="With --ray: after the first token, which is sent at once, a replica gathers tokens for up to this many seconds (or 16 tokens) per message to the ingress.")
+    ray_stream_interval: float = Field(0.05, ge=0, le=1, description="With --ray: after the first token, which is sent at once, a replica gathers tokens for up to this many seconds (or 16 tokens) per message to the ingress (fewer, larger messages: less CPU per token).")
     # -- end Ray Serve -----------------------------------------------------------------------------
     # -- operations (metrics) --
     metrics_dir: str | None = Field(

@@ -24,6 +24,10 @@ def prepare_environment(address: str) -> None:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if address == LOCAL or _is_loopback(address.rpartition(":")[0] or address):  # a cluster on this machine
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node address 127.0.0.1 (see above)
+    if address == LOCAL:
+        # Ray runs its workers at nice 15 by default: the replicas are the engines, so on a busy
+        # machine they would lose the CPU to everything else (a plain server runs at nice 0)
+        os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def init(address: str, *, num_cpus: int | None, log_level: str) -> None:
