@@ -152,6 +152,7 @@ class AsyncChatModel:
         msgs = to_messages(messages)
         if self._escaper is not None:
             msgs = self._escaper.escape(msgs).messages
+            tools = self._escaper.escape_value(tools) if tools else tools  # descriptions are client text too
         if tools:
             return self.engine.render_chat(msgs, add_generation_prompt=add_generation_prompt, tools=tools)
         return self.engine.render_chat(msgs, add_generation_prompt=add_generation_prompt)
@@ -186,9 +187,10 @@ class AsyncChatModel:
             least = max(least, -(-chars // caps.max_token_chars))
         if least + reserve > caps.max_context:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {caps.max_context} tokens. However, your "
-                f"{len(messages)} messages need at least {least} tokens. Please reduce the length "
-                "of the messages.",
+                f"This model's maximum context length is {caps.max_context} tokens. However, you "
+                f"requested at least {least + reserve} tokens (your {len(messages)} messages need at "
+                f"least {least}, {reserve} in the completion). Please reduce the length of the "
+                "messages or completion.",
                 param="messages",
             )
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from llmserve import __version__
 from llmserve.cli_keys import add_keys_parser, run_keys
+from llmserve.errors import LLMServeError
 from llmserve.settings import ModelSettings, Settings
 
 CLI_EXCLUDED = {"models"}
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"llmserve: {exc}", file=sys.stderr)
         return 2
+    except LLMServeError as exc:  # start-up checks (engine missing, not a model) and load failures
+        print(f"llmserve: {exc.message}", file=sys.stderr)
+        return 2
 
 
 def _serve(settings: Settings) -> int:
@@ -168,6 +172,7 @@ def _serve(settings: Settings) -> int:
 
         return serve_forever(settings)
     check_worker_limits(settings)
+    check_models(settings)  # before anything binds: a missing engine or a bad model path exits 2
     warn_oversubscribed(settings)
     multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
     # worker processes: uvicorn imports the app factory in each worker, which rebuilds these
@@ -192,6 +197,14 @@ def warn_oversubscribed(settings: Settings) -> None:
             "threads outnumber cores; lower --threads or --workers", settings.workers, threads, cores)
 
 
+def check_models(settings: Settings) -> None:
+    """Every model's engine imports here and its path is something that engine can load."""
+    from llmserve.engines import preflight
+
+    for model in settings.model_list():
+        preflight(model)
+
+
 def check_worker_limits(settings: Settings) -> None:
     """Per-key limits in the key store need shared counters too (default limits are checked by Settings)."""
     if settings.workers > 1 and not settings.redis_url and settings.key_db:
@@ -211,6 +224,7 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging("warning")
     model_settings: ModelSettings = settings.model_list()[0]
+    check_models(settings)
     print(f"loading {model_settings.served_name()} ...", file=sys.stderr)
     with ChatModel(settings=model_settings) as model:
         history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []

@@ -80,7 +80,7 @@ class ModelSettings(BaseModel):
     q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
     allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
-    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
+    watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP)
 
     def served_name(self) -> str:
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
     q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
-    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
+    watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP + " With 'models:' in the config file, these apply to every model, under each model's own default_sampling.")
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
     # -- request hardening (workpool.py, server/body.py) --

@@ -6,7 +6,12 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from llmserve.types import Capabilities, Delta, Embeddings, EngineStats, GenerationRequest, Message
+
+if TYPE_CHECKING:
+    from llmserve.settings import ModelSettings
 
 
 class Embedder(abc.ABC):
@@ -32,6 +37,12 @@ class Engine(abc.ABC):
     """
 
     embedder: Embedder | None = None  # optional capability: embeddings (see ``Embedder``)
+
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """Quick checks before a server binds, loading no weights: raises ``ModelNotFound`` or
+        ``InvalidModel`` (saying what is wrong) when ``settings`` name nothing this engine can
+        load. The default checks nothing."""
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 from contextlib import aclosing
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
+from llmserve.engines.transformers_check import check_transformers_model
 from llmserve.engines.hf.model import LoadedModel, load
 from llmserve.engines.hf.scheduler import Scheduler
 from llmserve.engines.hftok import HFTokenizing
@@ -35,6 +37,11 @@ class HFEngine(Engine):
         self.scheduler: Scheduler | None = None
         self.grammars: GrammarCompiler | None = None
         self._bridge = LoopBridge()
+
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """A GGUF transformers can read, or an HF directory with a known config and weights."""
+        check_transformers_model(Path(settings.resolved_path()), "hf")
 
     async def start(self) -> None:
         self._bridge.bind()

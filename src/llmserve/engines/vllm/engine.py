@@ -29,9 +29,10 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
+from llmserve.engines.transformers_check import check_transformers_model
 from llmserve.engines.hftok import HFTokenizing
 from llmserve.engines.vllm.convert import hf_dir_for
-from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
+from llmserve.errors import EngineError, InvalidModel, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
 from llmserve.structured import KINDS
 from llmserve.types import (
@@ -97,6 +98,18 @@ class VLLMEngine(Engine):
         self.template: ChatTemplate | None = None
         self.max_context = 0
         self._started: dict[str, bool] = {}  # in flight: request id -> has produced output
+
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """What ``check_transformers_model`` checks, and an architecture vLLM implements."""
+        path = Path(settings.resolved_path())
+        config = check_transformers_model(path, "vllm")
+        archs = list(getattr(config, "architectures", None) or [])
+        if archs:
+            from vllm import ModelRegistry
+
+            if not set(archs) & set(ModelRegistry.get_supported_archs()):
+                raise InvalidModel(f"{path}: vLLM does not implement {', '.join(archs)}")
 
     async def start(self) -> None:
         s, opts = self.settings, self.settings.options
