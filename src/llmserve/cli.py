@@ -168,8 +168,10 @@ def _serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     if settings.ray:  # the CLI becomes the Ray driver (serve_ray/ is the only place that imports Ray)
-        from llmserve.serve_ray.driver import serve_forever
+        from llmserve.serve_ray.driver import check, serve_forever
 
+        check(settings)  # what --ray refuses, then the same start-up checks as a plain server
+        check_models(settings)
         return serve_forever(settings)
     check_worker_limits(settings)
     check_models(settings)  # before anything binds: a missing engine or a bad model path exits 2

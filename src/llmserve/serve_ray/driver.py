@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 from llmserve.serve_ray import cluster
 from llmserve.serve_ray.sizing import in_flight_limit, most_replicas, parse_autoscale
@@ -30,11 +29,10 @@ HEALTH_CHECK_PERIOD = 2.0
 
 
 def check(settings: Settings) -> None:
-    """What can be refused before Ray starts (clear CLI errors)."""
+    """What --ray refuses before Ray starts (clear CLI errors; model paths are the engines'
+    preflight, as for a plain server)."""
     for model in settings.model_list():
         check_supported(model)
-        if not Path(model.resolved_path()).exists():  # else every replica would fail, and Serve retry it
-            raise ValueError(f"model {model.served_name()!r}: {model.resolved_path()} does not exist")
     if settings.autoscale:
         parse_autoscale(settings.autoscale)
     if settings.workers > 1:
@@ -103,7 +101,7 @@ def build(settings: Settings):
 
 
 def serve_forever(settings: Settings) -> int:
-    check(settings)
+    """Runs until SIGTERM or SIGINT; ``check`` and the engines' preflight come first (the CLI)."""
     address = settings.ray_address or cluster.LOCAL
     cluster.prepare_environment(address)
     import ray
