@@ -20,6 +20,7 @@ from llmserve.errors import LLMServeError
 from llmserve.settings import ModelSettings, Settings
 
 CLI_EXCLUDED = {"models"}
+SWITCHES = {"ray"}  # boolean flags that take no value at all
 CHAT_MAX_TOKENS = 512  # llmserve chat's reply cap when neither the flag nor the model's defaults set one
 
 
@@ -46,6 +47,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
             flag = "--" + name.removesuffix("s").replace("_", "-")
             parser.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
                                 help=f"{field.description} [env {env}]")
+            continue
+        if name in SWITCHES:  # takes no value, so MODEL_PATH may follow it ("serve --ray model.gguf")
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_const", const=True,
+                                default=argparse.SUPPRESS, help=f"{field.description} [env {env}]")
             continue
         flag_type, choices = _flag_type(field.annotation)
         # a bare boolean flag means true ("--allow-special-tokens-in-content"); "--web-ui false" still works
@@ -164,6 +169,12 @@ def _serve(settings: Settings) -> int:
     from llmserve.server import multiproc, serving
 
     configure_logging(settings.log_level)
+    if settings.ray:  # the CLI becomes the Ray driver (serve_ray/ is the only place that imports Ray)
+        from llmserve.serve_ray.driver import check, serve_forever
+
+        check(settings)  # what --ray refuses, then the same start-up checks as a plain server
+        check_models(settings)
+        return serve_forever(settings)
     check_worker_limits(settings)
     check_models(settings)  # before anything binds: a missing engine or a bad model path exits 2
     warn_oversubscribed(settings)

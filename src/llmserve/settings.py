@@ -147,6 +147,15 @@ class Settings(BaseSettings):
     cpu_workers: int = Field(2, ge=1, le=64, description="Threads for the CPU work of requests (parsing large bodies, rendering chat templates, tokenizing), kept off the event loop.")
     cpu_queue: int = Field(256, ge=1, description="Requests whose CPU work may wait for those threads; beyond that the server answers 503.")
     max_json_depth: int = Field(64, ge=4, le=1000, description="Deepest nesting of arrays and objects a JSON body may have; deeper ones get 400.")
+    # -- Ray Serve (serve_ray/, the llmserve[ray] extra) --------------------------------------------
+    ray: bool = Field(False, description="Serve through Ray Serve: each model a deployment of --replicas engines, the same API in front (needs the llmserve[ray] extra).")
+    ray_address: str | None = Field(None, description="With --ray: the Ray cluster to join (the address 'ray start --head' prints), or 'local' to start a cluster on this machine, on loopback (default).")
+    replicas: int = Field(1, ge=1, le=1024, description="With --ray: engine replicas per model; each takes --threads CPUs (Ray's num_cpus) and has --parallel slots.")
+    replica_gpus: float = Field(0, ge=0, description="With --ray: GPUs per replica (Ray's num_gpus; Ray gives each replica its own CUDA_VISIBLE_DEVICES): 1 runs one vLLM engine per GPU.")
+    max_queued: int | None = Field(None, ge=1, description="With --ray: requests per model that may wait for a free replica slot; beyond that 503 with Retry-After (default: --max-queue).")
+    autoscale: str | None = Field(None, description="With --ray: MIN:MAX replicas per model, scaled by Serve on requests in flight (--replicas is then the initial count).")
+    ray_stream_interval: float = Field(0.05, ge=0, le=1, description="With --ray: after the first token, which is sent at once, a replica gathers tokens for up to this many seconds (or 16 tokens) per message to the ingress (fewer, larger messages: less CPU per token).")
+    # -- end Ray Serve -----------------------------------------------------------------------------
     # -- operations (metrics) --
     metrics_dir: str | None = Field(
         default_factory=lambda: os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
