@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import platform
-
-import os
-
 import json
+import os
+import platform
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
