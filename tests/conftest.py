@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -27,11 +30,66 @@ from llmserve.settings import ModelSettings, Settings
 # client) share the 2 cores, and llama.cpp's spinning OpenMP barriers degrade badly when its
 # threads outnumber the free cores (seen here: seconds per decode step under such load).
 THREADS = int(os.environ.get("LLMSERVE_TEST_THREADS", "1"))
+# batch jobs of every app and server the tests start live here, never in the user's data directory
+if "LLMSERVE_DATA_DIR" not in os.environ:
+    os.environ["LLMSERVE_DATA_DIR"] = tempfile.mkdtemp(prefix="llmserve-test-data-")
+    atexit.register(shutil.rmtree, os.environ["LLMSERVE_DATA_DIR"], ignore_errors=True)
 T = TypeVar("T")
 
 
+# -- every status an HTTP test gets must be documented in /openapi.json ------------------------------
+PROVOKED: set[tuple[str, str, int]] = set()  # (method, path, status) seen by app_client and ThreadServer
+NOT_RESPONSES = {499}  # logged when the client has gone: no client ever receives it
+
+
+class StatusRecorder:
+    """ASGI middleware (outermost) noting the status of every HTTP response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def noting(message):
+            if message["type"] == "http.response.start":
+                PROVOKED.add((scope["method"], scope["path"], message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, noting)
+
+
+def recorded(app):
+    app.add_middleware(StatusRecorder)
+    return app
+
+
+def undocumented(provoked: set[tuple[str, str, int]]) -> list[str]:
+    """Provoked statuses of routes in /openapi.json that it does not document."""
+    doc = create_app(Settings(engine="fake")).openapi()
+    out = []
+    for method, path, status in sorted(provoked):
+        op = doc["paths"].get(path, {}).get(method.lower())
+        if op is not None and status not in NOT_RESPONSES and str(status) not in op["responses"]:
+            out.append(f"{method} {path} answered {status}")
+    return out
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    missing = undocumented(PROVOKED)
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter:
+            reporter.ensure_newline()
+        for line in ["statuses the tests provoked that /openapi.json does not document:", *missing]:
+            reporter.write_line(line, red=True) if reporter else print(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def fake_model(name: str = "fake-model", **options: Any) -> AsyncChatModel:
-    settings_fields = {k: options.pop(k) for k in ("parallel", "max_queue", "queue_timeout") if k in options}
+    fields = ("parallel", "max_queue", "queue_timeout", "allow_special_tokens_in_content", "watchdog_timeout")
+    settings_fields = {k: options.pop(k) for k in fields if k in options}
     return AsyncChatModel(settings=ModelSettings(name=name, engine="fake", options=options, **settings_fields))
 
 
@@ -46,7 +104,7 @@ def wait_healthy(client: TestClient | httpx.Client, timeout: float = 60.0) -> No
 
 @contextmanager
 def app_client(*models: AsyncChatModel, settings: Settings | None = None, wait: bool = True) -> Iterator[TestClient]:
-    app = create_app(settings or Settings(), models=list(models) or [fake_model()])
+    app = recorded(create_app(settings or Settings(), models=list(models) or [fake_model()]))
     with TestClient(app, raise_server_exceptions=False) as client:
         if wait:
             wait_healthy(client)
@@ -99,7 +157,7 @@ class ThreadServer:
     """
 
     def __init__(self, app, port: int):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(recorded(app), host="127.0.0.1", port=port, log_level="warning"))
         self.url = f"http://127.0.0.1:{port}"
         self.app = app
         self.loop = asyncio.new_event_loop()
@@ -119,7 +177,7 @@ class ThreadServer:
     def __enter__(self) -> ThreadServer:
         self.thread.start()
         with httpx.Client(base_url=self.url) as c:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 300  # a vLLM engine loads in ~60 s here, more on a busy machine
             while time.monotonic() < deadline:
                 try:
                     if c.get("/health").status_code == 200:

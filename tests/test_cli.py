@@ -79,3 +79,23 @@ def test_chat_command_keeps_the_conversation():
     replies = [line for line in out.stdout.split("> ") if line.strip()]
     assert "Paris" in replies[0]
     assert len(replies) >= 2
+
+
+def test_workers_share_the_cores_by_default(monkeypatch, caplog):
+    # --workers 2 on this machine: each worker's engine gets half the cores, not all of them
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert settings_for(["serve", "--workers", "2"]).model_list()[0].resolved_threads() == 2
+    assert settings_for(["serve", "--workers", "3"]).model_list()[0].resolved_threads() == 1
+    assert settings_for(["serve"]).model_list()[0].resolved_threads() == 4
+    # an explicit --threads is kept, and oversubscribing the cores is warned about
+    explicit = settings_for(["serve", "--workers", "2", "--threads", "4"])
+    assert explicit.model_list()[0].resolved_threads() == 4
+    from llmserve.cli import warn_oversubscribed
+
+    with caplog.at_level("WARNING"):
+        warn_oversubscribed(explicit)
+    assert "8 compute threads on 4 cores" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        warn_oversubscribed(settings_for(["serve", "--workers", "2"]))
+    assert "compute threads" not in caplog.text

@@ -44,6 +44,22 @@ class Unauthorized(LLMServeError):
     code = "invalid_api_key"
 
 
+class NotFound(LLMServeError):
+    """A file, batch or other object that does not exist (or belongs to another key)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(LLMServeError):
+    """The object is not in a state that allows this (e.g. cancelling a completed batch)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class ModelNotFound(LLMServeError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -72,6 +88,12 @@ class Overloaded(LLMServeError):
         self.retry_after = retry_after
 
 
+class ServerShuttingDown(Overloaded):
+    """The server is draining for a restart: no new work, and work past the drain deadline ends."""
+
+    code = "server_shutting_down"
+
+
 class QueueTimeout(Overloaded):
     code = "queue_timeout"
 
@@ -80,7 +102,27 @@ class ModelLoading(Overloaded):
     code = "model_loading"
 
 
+class EngineStalled(Overloaded):
+    """The engine has had work but made no progress for ``watchdog_timeout`` seconds."""
+
+    code = "engine_stalled"
+
+
 class EngineError(LLMServeError):
     """The backend failed; the request is lost but the server stays up."""
 
     code = "engine_error"
+
+
+class EngineUnavailable(EngineError):
+    """The chosen engine cannot be imported here (its package is missing or broken); the
+    message says how to install it."""
+
+    code = "engine_unavailable"
+
+
+class InvalidModel(EngineError):
+    """The model path is not a model the engine can load: not a model at all, a corrupt or
+    truncated file, an architecture the engine does not support."""
+
+    code = "invalid_model"

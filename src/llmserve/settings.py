@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,46 @@ from pydantic_settings import (
 )
 
 EngineName = Literal["llamacpp", "hf", "vllm", "fake"]
+Q41Kernel = Literal["auto", "tiles", "stock"]
+Q41_KERNEL_HELP = ("Q4_1 matmul kernel of the llama.cpp engine: auto measures llmserve's tiles against ggml's "
+                   "vec_dot per batch size once per CPU, model and thread count (cached) and runs the faster "
+                   "one at each size; tiles or stock force one.")
+
+DEFAULT_SAMPLING_HELP = (
+    "Sampling defaults for the parameters a request leaves unset, over the model's own (its "
+    "generation_config.json or GGUF general.sampling.* keys) and llmserve's built-ins: "
+    "--default-sampling temperature=0.2 --default-sampling top_p=0.9 (repeatable, or one JSON "
+    "object); config file: default_sampling: {temperature: 0.2}. Keys: temperature, top_p, top_k, "
+    "min_p, max_tokens, stop, seed, presence_penalty, frequency_penalty, repetition_penalty."
+)
+
+
+class DefaultSampling(BaseModel):
+    """Sampling defaults for one model (unset: the next source decides; see sampling_defaults.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 is greedy.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1, description="0 or -1 disables.")
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = Field(None)
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 16:
+            raise ValueError("stop takes at most 16 sequences")
+        return value
+
+    def given(self) -> dict[str, Any]:
+        """The defaults set here (unset ones left out)."""
+        return self.model_dump(exclude_none=True)
 
 
 class ModelSettings(BaseModel):
@@ -32,13 +72,17 @@ class ModelSettings(BaseModel):
     ctx_size: int = Field(0, ge=0, description="KV-cache size in tokens, shared by all requests: one request may use all of it (prompt + completion) unless --kv-split (0: the model's training context, at most a quarter of memory; other engines: the longest request).")
     parallel: int = Field(0, ge=0, le=256, description="Sequences decoded together (continuous-batching slots); 0: auto (llama.cpp: one per 256 tokens of KV cache, 4 to 64, so 32 for an 8k cache; 8 with --kv-split and on other engines).")
     kv_split: bool = Field(False, description="llama.cpp: split the KV cache evenly into --parallel streams (each request may use ctx-size / parallel tokens), the layout before llama.cpp's unified cache; for comparison.")
-    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores).")
+    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores, divided among --workers).")
     batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("auto", description="llama.cpp flash attention; auto: on with the unified KV cache (it skips other sequences' cells, and a row's attention does not depend on the rest of the batch, so greedy answers do not either), off with --kv-split (there off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences).")
+    q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
+    allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
+    watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
+    default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP)
 
     def served_name(self) -> str:
         if self.name:
@@ -80,6 +124,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL (redis://host:port/db) for rate-limit counters shared by all workers; unset: in-process counters.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, each loading its own engine; rate limits across workers need --redis-url.")
     # -- end API keys, rate limits, worker processes ----------------------------------------------
+    # -- batch jobs and graceful shutdown (batch/, server/drain.py) --------------------------------
+    data_dir: str = Field(default_factory=lambda: str(default_data_dir()), description="Directory for uploaded files and batch jobs (SQLite in WAL mode plus plain files); batches resume from it after a restart.")
+    batch_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files (OpenAI's limit: 200 MB).")
+    batch_max_lines: int = Field(50_000, ge=1, description="Most requests one batch input file may hold (OpenAI's limit: 50,000).")
+    batch_concurrency: int = Field(0, ge=0, description="Batch lines in flight per model (0: the model's --parallel slots, so an idle server keeps every slot busy; live requests still come first).")
+    shutdown_timeout: float = Field(30.0, ge=0, description="On SIGTERM: seconds in-flight requests get to finish (/health answers 503 draining meanwhile); then streams end with a server_shutting_down error event. A second signal stops at once.")
+    # -- end batch jobs and graceful shutdown ---------------------------------------------------------
 
     model: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
     served_model_name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")
@@ -87,13 +138,30 @@ class Settings(BaseSettings):
     ctx_size: int = Field(0, ge=0, description="KV-cache size in tokens, shared by all requests: one request may use all of it (prompt + completion) unless --kv-split (0: the model's training context, at most a quarter of memory; other engines: the longest request).")
     parallel: int = Field(0, ge=0, le=256, description="Sequences decoded together (continuous-batching slots); 0: auto (llama.cpp: one per 256 tokens of KV cache, 4 to 64, so 32 for an 8k cache; 8 with --kv-split and on other engines).")
     kv_split: bool = Field(False, description="llama.cpp: split the KV cache evenly into --parallel streams (each request may use ctx-size / parallel tokens), the layout before llama.cpp's unified cache; for comparison.")
-    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores).")
+    threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores, divided among --workers).")
     batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
     flash_attn: Literal["auto", "on", "off"] = Field("auto", description="llama.cpp flash attention; auto: on with the unified KV cache (it skips other sequences' cells, and a row's attention does not depend on the rest of the batch, so greedy answers do not either), off with --kv-split (there off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences).")
+    q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
+    allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
+    watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
+    default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP + " With 'models:' in the config file, these apply to every model, under each model's own default_sampling.")
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
+    # -- request hardening (workpool.py, server/body.py) --
+    cpu_workers: int = Field(2, ge=1, le=64, description="Threads for the CPU work of requests (parsing large bodies, rendering chat templates, tokenizing), kept off the event loop.")
+    cpu_queue: int = Field(256, ge=1, description="Requests whose CPU work may wait for those threads; beyond that the server answers 503.")
+    max_json_depth: int = Field(64, ge=4, le=1000, description="Deepest nesting of arrays and objects a JSON body may have; deeper ones get 400.")
+    # -- Ray Serve (serve_ray/, the llmserve[ray] extra) --------------------------------------------
+    ray: bool = Field(False, description="Serve through Ray Serve: each model a deployment of --replicas engines, the same API in front (needs the llmserve[ray] extra).")
+    ray_address: str | None = Field(None, description="With --ray: the Ray cluster to join (the address 'ray start --head' prints), or 'local' to start a cluster on this machine, on loopback (default).")
+    replicas: int = Field(1, ge=1, le=1024, description="With --ray: engine replicas per model; each takes --threads CPUs (Ray's num_cpus) and has --parallel slots.")
+    replica_gpus: float = Field(0, ge=0, description="With --ray: GPUs per replica (Ray's num_gpus; Ray gives each replica its own CUDA_VISIBLE_DEVICES): 1 runs one vLLM engine per GPU.")
+    max_queued: int | None = Field(None, ge=1, description="With --ray: requests per model that may wait for a free replica slot; beyond that 503 with Retry-After (default: --max-queue).")
+    autoscale: str | None = Field(None, description="With --ray: MIN:MAX replicas per model, scaled by Serve on requests in flight (--replicas is then the initial count).")
+    ray_stream_interval: float = Field(0.05, ge=0, le=1, description="With --ray: after the first token, which is sent at once, a replica gathers tokens for up to this many seconds (or 16 tokens) per message to the ingress (fewer, larger messages: less CPU per token).")
+    # -- end Ray Serve -----------------------------------------------------------------------------
     # -- operations (metrics) --
     metrics_dir: str | None = Field(
         default_factory=lambda: os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
@@ -137,8 +205,17 @@ class Settings(BaseSettings):
         return env
 
     def model_list(self) -> list[ModelSettings]:
+        """The served models; with several workers, a model left at ``threads: 0`` gets its
+        worker's share of the cores, so the workers' compute threads do not oversubscribe them."""
+        return [m if m.threads or self.workers == 1 else
+                m.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // self.workers)})
+                for m in self._models()]
+
+    def _models(self) -> list[ModelSettings]:
         if self.models:
-            return list(self.models)
+            shared = self.default_sampling.given()
+            return [m.model_copy(update={"default_sampling": DefaultSampling(**{**shared, **m.default_sampling.given()})})
+                    for m in self.models]
         return [
             ModelSettings(
                 name=self.served_model_name,
@@ -153,6 +230,10 @@ class Settings(BaseSettings):
                 queue_timeout=self.queue_timeout,
                 chat_template=self.chat_template,
                 flash_attn=self.flash_attn,
+                q4_1_kernel=self.q4_1_kernel,
+                allow_special_tokens_in_content=self.allow_special_tokens_in_content,
+                watchdog_timeout=self.watchdog_timeout,
+                default_sampling=self.default_sampling,
             )
         ]
 
@@ -178,6 +259,12 @@ class Settings(BaseSettings):
 
         layered = _Layered(**(overrides or {}))
         return cls.model_validate(layered.model_dump())
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/llmserve``, else ``~/.local/share/llmserve`` (the user's data directory)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llmserve"
 
 
 def _file_source(config_file: str | Path | None):

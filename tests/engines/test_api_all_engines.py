@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -93,6 +94,12 @@ def test_models_metadata_matches_engine_capabilities(served, api):
     assert card["max_model_len"] == caps.max_context == CTX
     assert card["capabilities"]["sampling"] == sorted(caps.sampling)
     assert card["capabilities"]["ready"] is True
+    assert card["capabilities"]["structured_outputs"] == sorted(caps.constraints)
+    assert {"json_schema", "json_object", "regex", "choice", "grammar"} <= caps.constraints
+    tools = card["capabilities"]["tools"]
+    assert tools["format"] == caps.tool_format == "json_list"  # SmolLM2's template does not take tools
+    assert tools["tool_choice"] == ["none", "auto", "required", "function"]
+    assert tools["constrained_auto"] == ("trigger" in caps.constraints)
     assert caps.sampling <= ALL_SAMPLING  # nothing claimed that llmserve cannot even express
 
 
@@ -227,6 +234,68 @@ def test_seed_is_deterministic(api):
     assert a == b and a
 
 
+# -- logprobs, logit_bias, n ---------------------------------------------------------------------
+# logprobs after logit_bias (llama.cpp, hf); vLLM reports its own raw logprobs, before the bias
+LOGPROBS_AFTER_BIAS = {"llamacpp": True, "hf": True, "vllm": False}
+# echo with logprobs needs the logits of every prompt position: not on the hf engine
+PROMPT_LOGPROBS = {"llamacpp": True, "hf": False, "vllm": True}
+
+
+def test_logprobs_greedy_token_is_the_likeliest(api):
+    out = chat(api, temperature=0, max_tokens=4, logprobs=True, top_logprobs=3)
+    content = out["choices"][0]["logprobs"]["content"]
+    assert "".join(t["token"] for t in content) == text_of(out) and len(content) == 4
+    for t in content:
+        top = t["top_logprobs"]
+        assert len(top) == 3 and top[0]["token"] == t["token"]
+        assert top[0]["logprob"] == pytest.approx(t["logprob"], abs=1e-3) and t["logprob"] <= 0
+        assert [x["logprob"] for x in top] == sorted((x["logprob"] for x in top), reverse=True)
+        assert bytes(t["bytes"]).decode("utf-8", "replace") == t["token"]
+    hot = chat(api, temperature=1.5, seed=2, max_tokens=1, logprobs=True, top_logprobs=3)
+    assert [x["token"] for x in hot["choices"][0]["logprobs"]["content"][0]["top_logprobs"]] == \
+        [x["token"] for x in content[0]["top_logprobs"]]  # reported before temperature
+
+
+def test_logit_bias_bans_and_forces(served, api):
+    first = chat(api, temperature=0, max_tokens=1, logprobs=True)["choices"][0]["logprobs"]["content"][0]
+    greedy_id = api.post("/tokenize", json={"prompt": first["token"]}).json()["tokens"][0]
+    banned = chat(api, temperature=0, max_tokens=1, logit_bias={str(greedy_id): -100})
+    assert text_of(banned) != first["token"]
+    banana = api.post("/tokenize", json={"prompt": " banana"}).json()["tokens"][0]
+    forced = chat(api, temperature=0.8, seed=1, max_tokens=1, logprobs=True, logit_bias={str(banana): 100})
+    token = forced["choices"][0]["logprobs"]["content"][0]
+    assert token["token"] == " banana"
+    if LOGPROBS_AFTER_BIAS[served.engine_name]:
+        assert token["logprob"] > -0.01
+
+
+def test_n_choices_with_seed(api):
+    story = [{"role": "user", "content": "Write one sentence about a cat."}]
+    kw = {"temperature": 1.0, "seed": 77, "max_tokens": 6}
+    out = chat(api, story, n=2, **kw)
+    assert [c["index"] for c in out["choices"]] == [0, 1]
+    texts = [c["message"]["content"] for c in out["choices"]]
+    assert texts[1] == text_of(chat(api, story, **{**kw, "seed": 78}))  # choice i: seed + i
+    assert out["usage"]["completion_tokens"] == 12
+    assert out["usage"]["prompt_tokens"] == chat(api, story, **kw)["usage"]["prompt_tokens"]
+    assert_error(api.post(CHAT, json={"messages": story, "n": 3}), 400, param="n")  # 2 slots
+
+
+def test_completions_logprobs_and_echo(served, api):
+    body = {"model": NAME, "prompt": "The capital of France is", "temperature": 0, "max_tokens": 2, "logprobs": 2}
+    out = api.post("/v1/completions", json=body).json()["choices"][0]
+    assert "".join(out["logprobs"]["tokens"]) == out["text"] and len(out["logprobs"]["token_logprobs"]) == 2
+    r = api.post("/v1/completions", json={**body, "echo": True})
+    if not PROMPT_LOGPROBS[served.engine_name]:
+        assert_error(r, 400, code="unsupported_parameter", param="echo")
+        return
+    echoed = r.json()["choices"][0]
+    assert echoed["text"] == body["prompt"] + out["text"]
+    lp = echoed["logprobs"]
+    assert lp["token_logprobs"][0] is None and all(v <= 0 for v in lp["token_logprobs"][1:])
+    assert lp["tokens"][-2:] == out["logprobs"]["tokens"]
+
+
 # -- limits and errors ----------------------------------------------------------------------------
 def test_context_overflow_is_400(api):
     long = [{"role": "user", "content": "word " * (CTX + 200)}]
@@ -237,10 +306,7 @@ def test_context_overflow_is_400(api):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"functions": [{"name": "f"}]}, "functions"),
 ])
 def test_unsupported_parameters_are_400_naming_them(api, extra, param):
     err = assert_error(api.post(CHAT, json={"messages": FRANCE, **extra}), 400, code="unsupported_parameter", param=param)
@@ -250,6 +316,172 @@ def test_unsupported_parameters_are_400_naming_them(api, extra, param):
 def test_unknown_field_and_unknown_model(api):
     assert_error(api.post(CHAT, json={"messages": FRANCE, "frobnicate": 1}), 400, param="frobnicate")
     assert_error(api.post(CHAT, json={"model": "nope", "messages": FRANCE}), 404, code="model_not_found", param="model")
+
+
+# -- structured output ----------------------------------------------------------------------------
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+        "address": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                    "required": ["city"], "additionalProperties": False},
+    },
+    "required": ["name", "age", "role", "tags", "address"],
+    "additionalProperties": False,
+}
+DESCRIBE = [{"role": "user", "content": "Describe a person called Ann from Paris as JSON."}]
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+
+
+def test_json_schema_reply_validates(api):
+    import jsonschema
+
+    out = chat(api, DESCRIBE, temperature=0, max_tokens=120, response_format=SCHEMA_FORMAT)
+    assert out["choices"][0]["finish_reason"] == "stop", out
+    jsonschema.validate(json.loads(text_of(out)), PERSON)
+    assert "\n" not in text_of(out) and ": " not in text_of(out)  # bounded whitespace: compact JSON
+    # sampled too: still valid by construction
+    out = chat(api, DESCRIBE, temperature=1.0, seed=7, max_tokens=120, response_format=SCHEMA_FORMAT)
+    jsonschema.validate(json.loads(text_of(out)), PERSON)
+
+
+def test_json_object_and_vllm_fields(api):
+    out = chat(api, DESCRIBE, temperature=0, max_tokens=80, response_format={"type": "json_object"})
+    if out["choices"][0]["finish_reason"] == "stop":
+        assert isinstance(json.loads(text_of(out)), dict)
+    else:  # a 135M model may nest on: what came is still the start of one object
+        assert text_of(out).startswith("{")
+    out = chat(api, FRANCE, temperature=0, max_tokens=20, structured_outputs={"regex": "[A-Z][a-z]{2,8}"})
+    assert re.fullmatch("[A-Z][a-z]{2,8}", text_of(out)), text_of(out)
+    out = chat(api, FRANCE, temperature=0, max_tokens=20, guided_choice=["Paris", "London", "Rome"])
+    assert text_of(out) == "Paris" and out["choices"][0]["finish_reason"] == "stop"
+    out = chat(api, FRANCE, temperature=0, max_tokens=20, structured_outputs={"choice": ["yes", "no"]})
+    assert text_of(out) in ("yes", "no")
+    out = chat(api, FRANCE, temperature=0, max_tokens=20, guided_json={"type": "object", "properties": {
+        "capital": {"type": "string", "maxLength": 10}}, "required": ["capital"], "additionalProperties": False})
+    assert set(json.loads(text_of(out))) == {"capital"}
+
+
+def test_structured_streaming_equals_non_streaming(api):
+    kw = {"temperature": 0, "max_tokens": 120, "response_format": SCHEMA_FORMAT}
+    whole = chat(api, DESCRIBE, **kw)
+    with api.stream("POST", CHAT, json={"model": NAME, "messages": DESCRIBE, "stream": True, **kw}) as r:
+        assert r.status_code == 200, r.read()
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    chunks = [json.loads(e) for e in events[:-1]]
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert streamed == text_of(whole)
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"] == "stop"
+
+
+def test_max_tokens_mid_json_is_length(api):
+    kw = {"messages": DESCRIBE, "temperature": 0, "max_tokens": 6, "response_format": SCHEMA_FORMAT}
+    out = chat(api, **kw)
+    assert out["choices"][0]["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 6
+    assert text_of(out).startswith('{"')
+    with pytest.raises(ValueError):
+        json.loads(text_of(out))  # cut mid-object
+    events = stream_events(api, **{k: v for k, v in kw.items() if k != "messages"})
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+
+
+def test_completions_take_constraints(api):
+    r = api.post("/v1/completions", json={"model": NAME, "prompt": "The capital of France is", "max_tokens": 8,
+                                          "temperature": 0, "guided_choice": ["Paris", "Rome"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] in ("Paris", "Rome")
+
+
+@pytest.mark.parametrize("extra", [
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]}}}},
+    {"structured_outputs": {"regex": "a(b"}},
+    {"guided_grammar": "start: undefined_rule"},
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_constraint_that_cannot_compile_is_400_before_any_200(api, extra, stream):
+    err = assert_error(api.post(CHAT, json={"messages": FRANCE, "stream": stream, **extra}), 400,
+                       param="response_format")
+    assert err["type"] == "invalid_request_error" and len(err["message"]) > 20
+    assert text_of(chat(api, temperature=0, max_tokens=4))  # the engine serves on
+
+
+# -- tool calls -----------------------------------------------------------------------------------
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Get the current time in a timezone",
+    "parameters": {"type": "object", "properties": {"timezone": {"type": "string", "maxLength": 20}},
+                   "required": ["timezone"]}}}
+TOOLS = [WEATHER, TIME]
+PARIS = [{"role": "user", "content": "What is the weather in Paris?"}]
+# an earlier turn that called a tool (the 135M model then calls by itself under "auto")
+BERLIN = [*PARIS,
+          {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+              "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+          {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+          {"role": "assistant", "content": "It is sunny in Paris."},
+          {"role": "user", "content": "What is the weather in Berlin?"}]
+
+
+def tool_calls_of(out: dict) -> list[tuple[str, dict]]:
+    import jsonschema
+
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    calls = []
+    for c in out["choices"][0]["message"].get("tool_calls") or ():
+        assert c["id"].startswith("call_") and c["type"] == "function"
+        arguments = json.loads(c["function"]["arguments"])
+        jsonschema.validate(arguments, schemas[c["function"]["name"]])
+        calls.append((c["function"]["name"], arguments))
+    return calls
+
+
+def streamed_tool_answer(api: httpx.Client, messages, **kw: Any) -> tuple[str | None, list[tuple[str, str]], str]:
+    with api.stream("POST", CHAT, json={"model": NAME, "messages": messages, "stream": True, **kw}) as r:
+        assert r.status_code == 200, r.read()
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
+    content, calls, finish = "", {}, None
+    for c in chunks:
+        delta = c["choices"][0]["delta"]
+        content += delta.get("content") or ""
+        for tc in delta.get("tool_calls") or ():
+            if "id" in tc:
+                calls[tc["index"]] = [tc["function"]["name"], ""]
+            else:
+                calls[tc["index"]][1] += tc["function"]["arguments"]
+        finish = c["choices"][0]["finish_reason"] or finish
+    return content or None, [tuple(calls[i]) for i in sorted(calls)], finish
+
+
+def test_tool_choice_required_and_named(api):
+    kw = {"tools": TOOLS, "temperature": 0, "max_tokens": 60}
+    out = chat(api, PARIS, tool_choice="required", **kw)
+    assert out["choices"][0]["finish_reason"] == "tool_calls" and out["choices"][0]["message"]["content"] is None
+    assert tool_calls_of(out) == [("get_weather", {"city": "Paris"})]
+    whole = [(c["function"]["name"], c["function"]["arguments"]) for c in out["choices"][0]["message"]["tool_calls"]]
+    assert streamed_tool_answer(api, PARIS, tool_choice="required", **kw) == (None, whole, "tool_calls")
+    out = chat(api, PARIS, tool_choice={"type": "function", "function": {"name": "get_time"}}, **kw)
+    assert [name for name, _ in tool_calls_of(out)] == ["get_time"]
+    out = chat(api, PARIS, tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=5,
+               tools=TOOLS, max_tokens=60)
+    assert len(tool_calls_of(out)) == 1  # sampled: still one valid call
+
+
+def test_tool_choice_auto(api):
+    kw = {"tools": TOOLS, "temperature": 0, "max_tokens": 60}
+    out = chat(api, [{"role": "user", "content": "What is 2+2?"}], **kw)
+    assert out["choices"][0]["finish_reason"] == "stop" and "4" in text_of(out)
+    assert "tool_calls" not in out["choices"][0]["message"]
+    out = chat(api, BERLIN, **kw)
+    assert out["choices"][0]["finish_reason"] == "tool_calls"
+    assert tool_calls_of(out) == [("get_weather", {"city": "Berlin"})]
+    whole = [(c["function"]["name"], c["function"]["arguments"]) for c in out["choices"][0]["message"]["tool_calls"]]
+    assert streamed_tool_answer(api, BERLIN, **kw) == (None, whole, "tool_calls")
 
 
 # -- disconnects ----------------------------------------------------------------------------------

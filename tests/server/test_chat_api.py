@@ -175,16 +175,27 @@ def test_schema_violations_are_400(client, payload, param):
 @pytest.mark.parametrize(
     "extra,param",
     [
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"logit_bias": {"1": 5}}, "logit_bias"),
     ],
 )
 def test_unsupported_parameters_named(client, extra, param):
     err = assert_error(client.post(CHAT, json=body(**extra)), 400, param=param, code="unsupported_parameter")
     assert param in err["message"]
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+    ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_regex"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}}},
+     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "nope": 1}}}, None),
+    ({"structured_outputs": {"regex": "a"}}, "response_format"),  # the fake engine honours no constraint
+])
+def test_bad_or_unhonoured_constraints_are_400(client, extra, param):
+    err = assert_error(client.post(CHAT, json=body(**extra)), 400, param=param)
+    if param is None:
+        assert "nope" in err["message"] or err["param"] and "nope" in err["param"]
 
 
 def test_defaults_of_unsupported_parameters_are_fine(client):

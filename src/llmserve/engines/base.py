@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from typing import TYPE_CHECKING
 
 from llmserve.types import Capabilities, Delta, Embeddings, EngineStats, GenerationRequest, Message
+
+if TYPE_CHECKING:
+    from llmserve.settings import ModelSettings
 
 
 class Embedder(abc.ABC):
@@ -32,6 +38,12 @@ class Engine(abc.ABC):
 
     embedder: Embedder | None = None  # optional capability: embeddings (see ``Embedder``)
 
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """Quick checks before a server binds, loading no weights: raises ``ModelNotFound`` or
+        ``InvalidModel`` (saying what is wrong) when ``settings`` name nothing this engine can
+        load. The default checks nothing."""
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Load the model. Slow; called once, off the request path."""
@@ -49,16 +61,19 @@ class Engine(abc.ABC):
         """Stop a request wherever it is (queued, prefilling, decoding). Unknown ids are ignored."""
 
     @abc.abstractmethod
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        """Token ids of ``text``; special tokens written in the text are parsed as such."""
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``. ``parse_special``: special-token strings written in the text
+        (``<|im_end|>``) become those control tokens; off, they are tokenized as plain text."""
 
     @abc.abstractmethod
     def detokenize(self, token_ids: Sequence[int]) -> str:
         """The inverse of ``tokenize``: special tokens are written out; unknown ids are InvalidRequest."""
 
     @abc.abstractmethod
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        """The prompt text for ``messages``, rendered with the model's own chat template."""
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt text for ``messages`` (and OpenAI ``tools``), rendered with the model's own chat
+        template (``ChatTemplate.render``; ``capabilities.tool_format`` says how calls will look)."""
 
     @property
     @abc.abstractmethod

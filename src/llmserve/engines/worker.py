@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from llmserve.errors import EngineError, LLMServeError, Overloaded, QueueTimeout
-from llmserve.types import Delta, GenerationRequest
+from llmserve.types import PRIORITY_LIVE, Delta, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class WorkerLoop(abc.ABC, Generic[S]):
         self.emit = emit
         self.n_waiting = 0
         self.n_running = 0
+        self.n_background = 0  # of those waiting or running: priority above PRIORITY_LIVE (batch lines)
         self.steps = 0
+        self.last_progress = time.monotonic()  # a step finished, or work came to an idle loop
         self._cv = threading.Condition()
         self._incoming: list[S] = []
         self._by_id: dict[str, S] = {}
@@ -68,13 +70,18 @@ class WorkerLoop(abc.ABC, Generic[S]):
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, request: GenerationRequest, sink: asyncio.Queue) -> S:
-        seq = self.sequence_type(request, sink, time.monotonic())
+    def submit(self, request: GenerationRequest, sink: asyncio.Queue, **state) -> S:
+        """``state``: initial values of the engine's sequence fields (a compiled grammar)."""
+        seq = self.sequence_type(request, sink, time.monotonic(), **state)
         with self._cv:
             if self._stopping:
                 raise Overloaded("the engine is shutting down", retry_after=5)
-            if self.n_waiting + self.n_running >= self.n_slots + self.max_queue:
+            background = request.priority > PRIORITY_LIVE  # bounded by its sender (the batch runner)
+            if not background and self.n_waiting + self.n_running - self.n_background >= self.n_slots + self.max_queue:
                 raise Overloaded("the request queue is full; try again shortly", retry_after=1)
+            self.n_background += background
+            if self.n_waiting + self.n_running == 0:
+                self.last_progress = time.monotonic()  # the watchdog counts from now
             self.n_waiting += 1
             self._by_id[request.request_id] = seq
             self._incoming.append(seq)
@@ -120,6 +127,7 @@ class WorkerLoop(abc.ABC, Generic[S]):
                     self._incoming.clear()
                 try:
                     self._step()
+                    self.last_progress = time.monotonic()
                 except Exception:  # never let the loop die: fail what is in flight, keep serving
                     logger.exception("engine step failed")
                     self._fail_all(EngineError("the engine failed while generating"))
@@ -129,7 +137,8 @@ class WorkerLoop(abc.ABC, Generic[S]):
         """Drops waiting requests that were cancelled or waited past the queue timeout."""
         now = time.monotonic()
         for seq in list(self._waiting):
-            expired = self.queue_timeout is not None and now - seq.enqueued_at > self.queue_timeout
+            expired = (self.queue_timeout is not None and now - seq.enqueued_at > self.queue_timeout
+                       and seq.request.priority == PRIORITY_LIVE)
             if seq.cancelled or expired:
                 self._waiting.remove(seq)
                 self._forget(seq, waiting=True)
@@ -149,6 +158,7 @@ class WorkerLoop(abc.ABC, Generic[S]):
     def _forget(self, seq: S, *, waiting: bool) -> None:
         with self._cv:
             self._by_id.pop(seq.request.request_id, None)
+            self.n_background -= seq.request.priority > PRIORITY_LIVE
             if waiting:
                 self.n_waiting -= 1
             else:
@@ -183,12 +193,14 @@ class LoopBridge:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(_dispatch, outputs)
 
-    async def stream(self, worker: Callable[[], WorkerLoop], request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, worker: Callable[[], WorkerLoop], request: GenerationRequest,
+                     **state) -> AsyncIterator[Delta]:
         """The deltas of ``request``. ``worker`` is called at the first ``__anext__`` and may raise
-        (not loaded, invalid tokens); admission errors (queue full) surface there too."""
+        (not loaded, invalid tokens); admission errors (queue full) surface there too. ``state``
+        goes to ``WorkerLoop.submit``."""
         loop = worker()
         queue: asyncio.Queue[Output] = asyncio.Queue()
-        seq = loop.submit(request, queue)
+        seq = loop.submit(request, queue, **state)
         finished = False
         try:
             while True:

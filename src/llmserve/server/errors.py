@@ -38,12 +38,21 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return validation_message(exc.errors())
 
 
+NOT_AN_OBJECT = {"missing", "model_attributes_type", "dict_type", "model_type"}
+BODY_NOT_OBJECT = ("the request body must be a JSON object (sent as 'Content-Type: application/json'), "
+                   "not empty, an array or a scalar")
+
+
 def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     """Message and param for pydantic errors (FastAPI's or a model's own ``ValidationError``)."""
     if not errors:
         return "invalid request", None
     first = errors[0]
+    if _body_not_an_object(errors):
+        return BODY_NOT_OBJECT, None
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if len(errors) > 1 and loc and loc[0][:1].isupper():  # a union of request models: drop the member's name
+        loc = loc[1:]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
@@ -52,7 +61,22 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     if first.get("type") == "missing":
         return f"missing required parameter: {param}", param
     msg = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if msg.startswith("[") and param:  # an element of the parameter (content parts): messages.0.content[1]
+        where, _, rest = msg.partition(" ")
+        return f"{param}{where}: {rest}", param
     return (f"{param}: {msg}" if param else msg), param
+
+
+def _body_not_an_object(errors: Sequence[Any]) -> bool:
+    """The body itself is missing, or JSON that is not an object (for a union of request models,
+    every member says so)."""
+    for error in errors:
+        loc = [p for p in error.get("loc", ()) if p != "body"]
+        if error.get("type") not in NOT_AN_OBJECT:
+            return False
+        if loc and not (len(loc) == 1 and str(loc[0])[:1].isupper()):  # no field, or a model's name
+            return False
+    return True
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -10,6 +10,7 @@ attention (sliding windows) cannot merge rows: newcomers then wait until the bat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from llmserve.engines.hf.kvbatch import KVBatch, mergeable, new_cache
 from llmserve.engines.hf.model import LoadedModel
 from llmserve.engines.hf.sampling import Sampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
-from llmserve.errors import LLMServeError
-from llmserve.types import Delta, FinishReason, Usage
+from llmserve.errors import EngineError, LLMServeError
+from llmserve.structured import GrammarViolation, Guide, MaskBatch
+from llmserve.types import Delta, FinishReason, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Sequence(Queued):
     detok: IncrementalDetokenizer | None = None
     generated: list[int] = field(default_factory=list)
     pending: int | None = None  # sampled and emitted, not yet in the cache
+    guide: Guide | None = None  # structured output: masks this sequence's tokens
 
 
 class Scheduler(WorkerLoop[Sequence]):
@@ -49,6 +52,12 @@ class Scheduler(WorkerLoop[Sequence]):
         self.can_merge = mergeable(new_cache(loaded.model.config))
         self._running: list[Sequence] = []  # row i of self._kv belongs to self._running[i]
         self._kv: KVBatch | None = None
+        self._pieces: dict[int, bytes] = {}  # token id -> its bytes, for logprobs
+        self._masks = MaskBatch(n_slots, loaded.model.config.get_text_config().vocab_size)
+
+    def stop(self) -> None:
+        super().stop()
+        self._masks.close()
 
     # -- worker thread ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -90,6 +99,7 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.sampler = Sampler(seq.request.sampling, seq.prompt)
             seq.detok = IncrementalDetokenizer(self.m.tokenizer, seq.prompt)
         self._running.extend(group)  # first, so that a failing prefill fails them too
+        self._start_masks(group)  # filled on a helper thread while the forward runs
         logits, kv = self._prefill(group, longest)
         if self._kv is None:
             self._kv = kv
@@ -116,6 +126,7 @@ class Scheduler(WorkerLoop[Sequence]):
         ids = torch.tensor([[seq.pending] for seq in self._running], dtype=torch.long)
         positions = kv.positions()
         kv.grow()
+        self._start_masks(self._running)
         logits = self.m.model(input_ids=ids, attention_mask=kv.mask, position_ids=positions,
                               past_key_values=kv.cache, use_cache=True).logits[:, -1]
         self.steps += 1
@@ -124,14 +135,45 @@ class Scheduler(WorkerLoop[Sequence]):
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence], out: list[tuple[Sequence, Output]]) -> None:
         """``seqs`` are the last ``len(logits)`` rows of the batch; finished rows leave it."""
         logits = logits.float()
+        self._apply_masks(logits, seqs)
         greedy = logits.argmax(-1).tolist()
         for row, seq in enumerate(seqs):
-            token = greedy[row] if seq.sampler.trivial else seq.sampler.sample(logits[row])
-            out.append((seq, self._advance(seq, token)))
+            sampler = seq.sampler
+            if sampler.trivial:
+                out.append((seq, self._advance(seq, greedy[row])))
+                continue
+            biased = sampler.biased(logits[row])
+            token = sampler.sample(biased)
+            out.append((seq, self._with_logprobs(seq, biased, token, self._advance(seq, token))))
         if any(seq.pending is None for seq in self._running):
             self._keep([i for i, seq in enumerate(self._running) if seq.pending is not None])
 
-    def _advance(self, seq: Sequence, token: int) -> Delta:
+    # -- structured output -----------------------------------------------------------------------
+    def _start_masks(self, seqs: list[Sequence]) -> None:
+        self._masks.start([(seq.guide, row) for row, seq in enumerate(seqs) if seq.guide is not None and seq.guide.active])
+
+    def _apply_masks(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        """Forbidden tokens get -inf IN PLACE in ``logits`` (rows of ``seqs``) before any
+        sampling, so everything reading them later (logprobs) sees the masked values."""
+        forbidden = self._masks.wait()
+        width = logits.shape[-1]
+        for row, seq in enumerate(seqs):
+            if seq.guide is not None and seq.guide.active:
+                logits[row].masked_fill_(torch.from_numpy(forbidden[row, :width]), float("-inf"))
+
+    def _guide(self, seq: Sequence, token: int, text: str) -> Output | None:
+        """Feeds the sampled token to the sequence's grammar; returns the sequence's last output
+        when that ends it (complete: ``stop``; broken: an EngineError for it alone), else None."""
+        try:
+            seq.guide.accept(token)
+        except GrammarViolation as exc:
+            logger.warning("request %s broke its grammar: %s", seq.request.request_id, exc)
+            return EngineError(f"structured output failed: {exc}")
+        if seq.guide.done:  # nothing else may follow
+            return Delta(text + seq.detok.flush(), (token,), FinishReason.STOP, self._usage(seq))
+        return None
+
+    def _advance(self, seq: Sequence, token: int) -> Output:
         """Account one sampled token; a finished sequence gets ``pending = None``."""
         seq.pending = None
         if token in self.m.eos_ids and not seq.request.sampling.ignore_eos:
@@ -139,12 +181,29 @@ class Scheduler(WorkerLoop[Sequence]):
         seq.generated.append(token)
         seq.sampler.accept(token)
         text = seq.detok.add(token)
+        if seq.guide is not None and (end := self._guide(seq, token, text)) is not None:
+            return end
         max_new = seq.request.sampling.max_tokens
         total = len(seq.prompt) + len(seq.generated)
         if (max_new is not None and len(seq.generated) >= max_new) or total >= self.m.max_context:
             return Delta(text + seq.detok.flush(), (token,), FinishReason.LENGTH, self._usage(seq))
         seq.pending = token
         return Delta(text, (token,))
+
+    def _with_logprobs(self, seq: Sequence, row: torch.Tensor, token: int, delta: Output) -> Output:
+        """``delta`` with the sampled token's logprob record, when the request asked for them."""
+        if seq.request.sampling.logprobs is None or not isinstance(delta, Delta) or (
+                delta.finish_reason is FinishReason.STOP and not delta.text and token in self.m.eos_ids):
+            return delta
+        lp, top = seq.sampler.logprobs(row, token)
+        record = TokenLogprob(token, self._piece(token), lp, tuple(TokenLogprob(t, self._piece(t), v) for t, v in top))
+        return dataclasses.replace(delta, logprobs=(record,))
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.m.tokenizer.decode([token]).encode("utf-8")
+        return piece
 
     @staticmethod
     def _usage(seq: Sequence, extra: int = 0) -> Usage:

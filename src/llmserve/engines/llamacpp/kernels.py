@@ -51,6 +51,18 @@ def set_q4_1_tiles(enabled: bool) -> bool:
     return True
 
 
+def set_q4_1_columns(mask: int) -> bool:
+    """Chooses the tiles per batch size: bit ``min(n, 64) - 1`` set means a matmul of ``n``
+    activation columns (sequences of a decode step, tokens of a prefill chunk) uses the tiles,
+    clear means ggml's vec_dot. False when the build lacks the patch (or predates the mask)."""
+    switch = _patched("llamafile_set_q4_1_gemm_columns")
+    if switch is None:
+        return False
+    switch.argtypes, switch.restype = [ctypes.c_uint64], None
+    switch(mask & (1 << 64) - 1)
+    return True
+
+
 def q4_1_tile_calls() -> int:
     """Matmuls (per thread) the tiles have served in this process; -1 without the patch."""
     calls = _patched("llamafile_q4_1_gemm_calls")

@@ -5,32 +5,42 @@ llmserve's admission (``max_queue``, ``queue_timeout``, counted until a request'
 and translates vLLM errors into llmserve's. The engine core runs in a child process started by
 ``start``, never at import. Options: ``dtype`` (default ``bfloat16``), ``enforce_eager``
 (default true), ``kv_cache_bytes`` (default 1 GiB), ``cache_dir`` (where a GGUF is converted, default
-``~/.cache/llmserve``), ``seed``.
+``~/.cache/llmserve``), ``seed``, ``structured_backend`` (``guidance`` default, or ``xgrammar``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from pathlib import Path
 
 from vllm import SamplingParams as VSamplingParams
+from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
+from llmserve.engines.transformers_check import check_transformers_model
+from llmserve.engines.hftok import HFTokenizing
 from llmserve.engines.vllm.convert import hf_dir_for
-from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
+from llmserve.engines.vllm.logprobs import records
+from llmserve.errors import EngineError, InvalidModel, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
+from llmserve.structured import KINDS
 from llmserve.types import (
     ALL_SAMPLING,
     Capabilities,
+    Constraint,
     Delta,
     EngineStats,
     FinishReason,
@@ -46,9 +56,26 @@ DEFAULT_KV_BYTES = 1 << 30
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
-def to_vllm(params: SamplingParams, max_tokens: int) -> VSamplingParams:
+def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams | None:
+    """vLLM's own structured outputs (compact JSON: the engine's ``disable_any_whitespace``)."""
+    if constraint is None:
+        return None
+    kind, spec = constraint.kind, constraint.spec
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if kind == "json_schema":
+        return StructuredOutputsParams(json=spec)
+    if kind == "choice":
+        return StructuredOutputsParams(choice=json.loads(spec))
+    if kind == "regex":
+        return StructuredOutputsParams(regex=spec)
+    return StructuredOutputsParams(grammar=spec)
+
+
+def to_vllm(params: SamplingParams, max_tokens: int, constraint: Constraint | None = None) -> VSamplingParams:
     """One to one; stop strings stay with ChatModel, which applies them for every engine."""
     return VSamplingParams(
+        structured_outputs=structured_outputs(constraint),
         temperature=params.temperature,
         top_p=params.top_p,
         top_k=params.top_k,
@@ -59,6 +86,9 @@ def to_vllm(params: SamplingParams, max_tokens: int) -> VSamplingParams:
         frequency_penalty=params.frequency_penalty,
         repetition_penalty=params.repetition_penalty,
         ignore_eos=params.ignore_eos,
+        logprobs=params.logprobs,
+        prompt_logprobs=params.prompt_logprobs,
+        logit_bias=dict(params.logit_bias) or None,
         output_kind=RequestOutputKind.DELTA,
         skip_special_tokens=False,
     )
@@ -69,9 +99,22 @@ class VLLMEngine(Engine):
         self.settings = settings
         self.llm: AsyncLLM | None = None
         self.tokenizer = None
+        self.tokens: HFTokenizing | None = None
         self.template: ChatTemplate | None = None
         self.max_context = 0
         self._started: dict[str, bool] = {}  # in flight: request id -> has produced output
+
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """What ``check_transformers_model`` checks, and an architecture vLLM implements."""
+        path = Path(settings.resolved_path())
+        config = check_transformers_model(path, "vllm")
+        archs = list(getattr(config, "architectures", None) or [])
+        if archs:
+            from vllm import ModelRegistry
+
+            if not set(archs) & set(ModelRegistry.get_supported_archs()):
+                raise InvalidModel(f"{path}: vLLM does not implement {', '.join(archs)}")
 
     async def start(self) -> None:
         s, opts = self.settings, self.settings.options
@@ -89,6 +132,10 @@ class VLLMEngine(Engine):
             kv_cache_memory_bytes=int(opts.get("kv_cache_bytes", DEFAULT_KV_BYTES)),
             seed=opts.get("seed", 0),
             disable_log_stats=True,
+            # structured outputs: llguidance as on the other engines (the same schemas compile),
+            # compact JSON (whitespace bounded); options.structured_backend "xgrammar" for vLLM's default
+            structured_outputs_config=StructuredOutputsConfig(
+                backend=str(opts.get("structured_backend", "guidance")), disable_any_whitespace=True),
         )
         logger.info("starting vLLM on %s", model_dir)
         try:
@@ -96,6 +143,7 @@ class VLLMEngine(Engine):
         except Exception as exc:
             raise EngineError(f"vLLM could not start: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
+        self.tokens = HFTokenizing(self.tokenizer)
         self.max_context = self.llm.model_config.max_model_len
         source = Path(s.chat_template).read_text() if s.chat_template else getattr(self.tokenizer, "chat_template", None)
         if not source:
@@ -131,7 +179,7 @@ class VLLMEngine(Engine):
             raise InvalidRequest("the prompt fills the context window", param="messages")
         self._started[rid] = False
         stream = llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_tokens)),
-                              to_vllm(request.sampling, max_tokens), rid)
+                              to_vllm(request.sampling, max_tokens, request.constraint), rid)
         finished = False
         n_out = 0
         try:
@@ -151,41 +199,67 @@ class VLLMEngine(Engine):
                 finished = out.finished
                 reason = _FINISH.get(comp.finish_reason or "", FinishReason.STOP) if finished else None
                 usage = Usage(n_prompt, n_out, out.num_cached_tokens or 0) if finished else None
-                yield Delta(comp.text, tuple(comp.token_ids), reason, usage)
+                yield self._with_logprobs(request, out, Delta(comp.text, tuple(comp.token_ids), reason, usage))
         except (EngineDeadError, EngineGenerateError) as exc:
             finished = True
             raise EngineError(f"vLLM failed: {exc}") from exc
         except LLMServeError:
             raise
-        except ValueError as exc:  # vLLM's request validation
+        except (ValueError, VLLMValidationError) as exc:  # vLLM's request validation, uncompilable constraints
             finished = True
-            raise InvalidRequest(str(exc)) from exc
+            raise InvalidRequest(str(exc), param="response_format" if request.constraint else None) from exc
         finally:
             self._started.pop(rid, None)
             await stream.aclose()  # vLLM aborts a request whose generator closes unfinished
             if not finished:
                 await llm.abort(rid)
 
+    def _with_logprobs(self, request: GenerationRequest, out, delta: Delta) -> Delta:
+        """vLLM's own logprobs (its default ``raw_logprobs``: the model's, before any processing)."""
+        k, pk = request.sampling.logprobs, request.sampling.prompt_logprobs
+        extra = {}
+        comp = out.outputs[0]
+        if k is not None and comp.logprobs:
+            tokens = list(comp.token_ids)
+            if delta.finish_reason is FinishReason.STOP and tokens and tokens[-1] == self.tokenizer.eos_token_id:
+                tokens = tokens[:-1]  # the end-of-generation token has no text, and no entry
+            extra["logprobs"] = tuple(records(tokens, comp.logprobs, k, self._piece))
+        if pk is not None and out.prompt_logprobs:  # all at once, at the end of prefill (DELTA)
+            extra["prompt_logprobs"] = tuple(records(request.prompt_tokens, out.prompt_logprobs, pk, self._piece))
+        return dataclasses.replace(delta, **extra) if extra else delta
+
+    def _piece(self, token: int) -> bytes:
+        return self.tokenizer.decode([token]).encode("utf-8")
+
     async def abort(self, request_id: str) -> None:
         if self.llm is not None and request_id in self._started:
             await self.llm.abort(request_id)
 
     # -- model facts ------------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         self._require()
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+        return self.tokens.encode(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         self._require()
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         self._require()
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context)  # every field honoured
+        # every sampling field honoured; structured outputs by vLLM itself, without lazy triggers
+        tool_format = self.template.tool_format.name if self.template else None
+        if self.tokens is None:
+            return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context, constraints=KINDS,
+                                tool_format=tool_format)
+        return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context, constraints=KINDS,
+                            tool_format=tool_format,
+                            special_tokens=self.tokens.special_tokens, max_token_chars=self.tokens.max_token_chars,
+                            vocab_size=len(self.tokenizer))
 
     def stats(self) -> EngineStats:
         if self.llm is None:

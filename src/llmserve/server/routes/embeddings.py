@@ -10,16 +10,18 @@ from fastapi import APIRouter, Depends, Request
 
 from llmserve.errors import InvalidRequest, UnsupportedParameter
 from llmserve.server.auth import require_api_key
+from llmserve.server.body import JSONBodyRoute
 from llmserve.server.deps import get_model
+from llmserve.server.openapi import errors
 from llmserve.server.protocol import EmbeddingData, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 MAX_INPUTS = 2048  # OpenAI's limit
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", responses=errors(404, 503))
 async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingList:
     model = get_model(request, body.model)
     embedder = model.engine.embedder

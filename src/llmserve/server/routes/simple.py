@@ -9,27 +9,30 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from starlette.requests import HTTPConnection
 
 from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import LLMServeError
+from llmserve.sampling_defaults import DEFAULTABLE, SamplingDefaults
 from llmserve.server.auth import require_api_key
-from llmserve.server.convert import to_message
+from llmserve.server.body import JSONBodyRoute
+from llmserve.server.convert import to_messages
 from llmserve.server.deps import get_registry
 from llmserve.server.errors import error_payload
 from llmserve.server.protocol import ChatMessage, Strict
 from llmserve.server.generation import collect, generation_stream
+from llmserve.server.openapi import SSE, errors, sse_event, success
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import ClientGone, until_disconnect
 from llmserve.types import Delta, GenerationRequest, SamplingParams, Usage
 
 logger = logging.getLogger(__name__)
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_api_key)], route_class=JSONBodyRoute)
 
 
 class SimpleChatRequest(Strict):
@@ -39,15 +42,16 @@ class SimpleChatRequest(Strict):
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    # sampling: unset (absent or null) takes the model's default (sampling_defaults.py)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
     stop: str | list[str] | None = Field(None)
     seed: int | None = None
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> SimpleChatRequest:
@@ -57,28 +61,44 @@ class SimpleChatRequest(Strict):
             raise ValueError("stop takes at most 16 sequences")
         return self
 
-    def sampling(self) -> SamplingParams:
-        stop = self.stop
-        return SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, top_k=max(self.top_k, 0), min_p=self.min_p,
-            max_tokens=self.max_tokens, stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-            seed=self.seed, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
-        )
+    def sampling(self, defaults: SamplingDefaults) -> SamplingParams:
+        """What the body sets, the model's ``defaults`` for the rest."""
+        return defaults.resolve(self.model_dump(include=set(DEFAULTABLE)))
 
-    def prompt_messages(self) -> list[Any]:
+    def prompt_messages(self, model_name: str) -> list[Any]:
         if self.messages is not None:
-            return [to_message(m) for m in self.messages]
+            return to_messages(self.messages, model_name)
         return [{"role": "user", "content": self.text}]
 
 
-def start_generation(
+class SimpleUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class SimpleChatResponse(BaseModel):
+    """The answer of ``POST /chat``."""
+
+    result: str
+    finish_reason: Literal["stop", "length", "abort"] | None = None
+    model: str
+    usage: SimpleUsage | None = None
+
+
+STREAM_EVENTS = ("'data: {\"text\": piece}' per token piece, then 'event: end' with "
+                 "{\"finish_reason\", \"usage\"}; a failure after the first piece is an 'event: error' "
+                 "(the OpenAI error body) just before the end")
+
+
+async def start_generation(
     conn: HTTPConnection, body: SimpleChatRequest
 ) -> tuple[AsyncChatModel, GenerationRequest, AsyncIterator[Delta]]:
-    """Validates and renders ``body``; the deltas charge their tokens to the caller's rate limit."""
+    """Validates and renders ``body`` (in the app's pool); the deltas charge their tokens to the
+    caller's rate limit."""
     model = get_registry(conn).get(body.model)
-    prompt = model.render(body.prompt_messages())
-    gen = model.build_request(prompt, body.sampling(), request_id=f"chat-{uuid.uuid4().hex}")
+    gen = await model.aprepare(body.prompt_messages(model.name), body.sampling(model.sampling_defaults),
+                               request_id=f"chat-{uuid.uuid4().hex}")
     logger.info("simple chat %s: %d prompt tokens", gen.request_id, len(gen.prompt_tokens))
     return model, gen, generation_stream(conn, model, gen)
 
@@ -90,24 +110,29 @@ def usage_dict(usage: Usage | None) -> dict[str, int] | None:
             "total_tokens": usage.total_tokens}
 
 
-@router.post("/chat", dependencies=[Depends(rate_limit)], response_model=None)
-async def chat(body: SimpleChatRequest, request: Request) -> Response | dict[str, Any]:
+@router.post("/chat", dependencies=[Depends(rate_limit)], response_model=None,
+             responses={**success(SimpleChatResponse), **errors(404, 503)})
+async def chat(body: SimpleChatRequest, request: Request) -> Response | SimpleChatResponse:
     """``{"result": text, "finish_reason": ..., "model": ..., "usage": {...}}``."""
-    model, gen, deltas = start_generation(request, body)
+    model, gen, deltas = await start_generation(request, body)
     try:
         text, last = await until_disconnect(request, collect(deltas))
     except ClientGone:
         logger.info("client left before %s finished; generation aborted", gen.request_id)
         return Response(status_code=499)
     reason = last.finish_reason.value if last.finish_reason else None
-    return {"result": text, "finish_reason": reason, "model": model.name, "usage": usage_dict(last.usage)}
+    return SimpleChatResponse(result=text, finish_reason=reason, model=model.name, usage=usage_dict(last.usage))
 
 
-@router.post("/chat_stream", dependencies=[Depends(rate_limit)], response_model=None)
+@router.post("/chat_stream", dependencies=[Depends(rate_limit)], response_model=None,
+             response_class=StreamingResponse,
+             responses={200: {"description": "Server-sent events",
+                              "content": {SSE: {"schema": sse_event(STREAM_EVENTS)}}},
+                        **errors(404, 503)})
 async def chat_stream(body: SimpleChatRequest, request: Request) -> StreamingResponse:
     """SSE: ``data: {"text": piece}`` per token piece, then ``event: end`` with the finish reason
     and usage; a failure after the first event is an ``event: error`` just before the end."""
-    _, _, deltas = start_generation(request, body)
+    _, _, deltas = await start_generation(request, body)
     try:  # admission and the first token happen before the 200 is committed
         first = await anext(deltas)
     except BaseException:

@@ -19,9 +19,10 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
-from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge
+from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge, UnsupportedParameter
 from llmserve.server.auth import Identity, require_api_key
-from llmserve.server.convert import chat_sampling, to_message, usage_info
+from llmserve.server.body import load_json, parse_off_loop
+from llmserve.server.convert import chat_sampling, chat_tools, constraint_of, to_messages, usage_info
 from llmserve.server.deps import get_rate_limiter, get_registry, get_settings
 from llmserve.server.errors import error_payload, error_response, validation_message
 from llmserve.server.protocol import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, DeltaMessage
@@ -96,10 +97,13 @@ async def admit(websocket: WebSocket, identity: Identity) -> None:
                           f"Try again in {format_duration(quota.retry_after)}.", retry_after=quota.retry_after)
 
 
-def parse_json(raw: str, limit: int) -> Any:
+async def parse_json(websocket: WebSocket, raw: str) -> Any:
+    """A frame's JSON (JSONDecodeError when it is none), bounded as HTTP bodies are, parsed in
+    the app's pool when large."""
+    limit = get_settings(websocket).max_request_bytes
     if len(raw.encode()) > limit:
         raise RequestTooLarge(f"message is larger than the limit of {limit} bytes")
-    return json.loads(raw)
+    return await parse_off_loop(websocket, raw, load_json)
 
 
 def validated(model: type, data: Any):
@@ -150,12 +154,12 @@ async def simple_ws(websocket: WebSocket) -> None:
 async def _answer(websocket: WebSocket, channel: Channel, identity: Identity, raw: str) -> None:
     try:
         try:
-            data = parse_json(raw, get_settings(websocket).max_request_bytes)
+            data = await parse_json(websocket, raw)
         except json.JSONDecodeError:
             data = None
         body = validated(SimpleChatRequest, data if isinstance(data, dict) else {"text": raw})
         await admit(websocket, identity)
-        _, _, deltas = start_generation(websocket, body)
+        _, _, deltas = await start_generation(websocket, body)
         try:
             async for delta in deltas:
                 if delta.text:
@@ -206,7 +210,7 @@ class ChatSession:
 
     async def handle(self, raw: str) -> None:
         try:
-            message = parse_json(raw, get_settings(self.websocket).max_request_bytes)
+            message = await parse_json(self.websocket, raw)
         except json.JSONDecodeError:
             return await self.channel.send(error_message(InvalidRequest("message is not valid JSON"), id=None))
         except LLMServeError as exc:
@@ -264,12 +268,20 @@ class ChatSession:
 
     async def _generate(self, req_id: str | int, body: dict[str, Any]) -> None:
         request = validated(ChatCompletionRequest, {**body, "stream": True})
+        tools = chat_tools(request)
+        if tools is not None and tools.active:  # this socket streams text; tools live on /v1/chat/completions
+            raise UnsupportedParameter("tools are not supported over the WebSocket; use /v1/chat/completions",
+                                       param="tools")
+        for name, value in (("n", request.n != 1), ("logprobs", request.logprobs)):
+            if value:
+                raise UnsupportedParameter(f"{name} is not supported over the websocket; use /v1/chat/completions",
+                                           param=name)
         await admit(self.websocket, self.identity)
         model = get_registry(self.websocket).get(request.model)
-        sampling = chat_sampling(request)
-        prompt = model.render([to_message(m) for m in request.messages])
+        sampling = chat_sampling(request, model.sampling_defaults)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = model.build_request(prompt, sampling, request_id=completion_id)
+        gen = await model.aprepare(to_messages(request.messages, model.name), sampling, request_id=completion_id,
+                                   constraint=constraint_of(request))
         progress = self.progress.setdefault(str(req_id), [len(gen.prompt_tokens), 0])
         deltas = generation_stream(self.websocket, model, gen)
         logger.info("websocket chat %s: %d prompt tokens", completion_id, len(gen.prompt_tokens))

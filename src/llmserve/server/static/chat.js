@@ -12,9 +12,10 @@
     model: $("model"), system: $("system"), temperature: $("temperature"), maxTokens: $("max-tokens"),
     apiKey: $("api-key"), clear: $("clear"), banner: $("banner"), messages: $("messages"), empty: $("empty"),
     composer: $("composer"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
-    settings: $("settings"), settingsToggle: $("settings-toggle"),
+    settings: $("settings"), settingsToggle: $("settings-toggle"), samplingDefaults: $("sampling-defaults"),
   };
-  const state = { history: [], controller: null };
+  // cards: GET /v1/models by model id (each carries the sampling defaults in force for it)
+  const state = { history: [], controller: null, cards: {} };
 
   // -- settings kept in the browser ------------------------------------------------------------
   const PERSISTED = { apiKey: "apiKey", system: "system", temperature: "temperature", maxTokens: "maxTokens" };
@@ -33,7 +34,7 @@
       if (value !== null) els[el].value = value;
       els[el].addEventListener("input", () => store(key, els[el].value));
     }
-    els.model.addEventListener("change", () => store("model", els.model.value));
+    els.model.addEventListener("change", () => { store("model", els.model.value); showDefaults(); });
     els.apiKey.addEventListener("change", loadModels);
   }
 
@@ -102,6 +103,24 @@
   }
 
   // -- models ------------------------------------------------------------------------------------
+  // An empty temperature field sends none: the server applies the model's default, shown as the
+  // field's placeholder, with the other defaults (top_p ...) in the line below.
+  function showDefaults() {
+    const card = state.cards[els.model.value];
+    const d = card && card.sampling_defaults;
+    if (!d || d.temperature === undefined || d.temperature === null) {
+      els.temperature.placeholder = "default";
+      els.samplingDefaults.textContent = "";
+      return;
+    }
+    els.temperature.placeholder = String(d.temperature);
+    const shown = ["temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens"]
+      .filter((k) => d[k] !== null && d[k] !== undefined && !(k === "top_k" && d[k] === 0) &&
+                     !(k === "min_p" && d[k] === 0) && !(k === "repetition_penalty" && d[k] === 1))
+      .map((k) => k + " " + d[k]);
+    els.samplingDefaults.textContent = "Model defaults (used when a field is empty): " + shown.join(", ") + ".";
+  }
+
   function noModels() {
     if (els.model.options.length) return;
     const option = document.createElement("option");
@@ -129,7 +148,9 @@
     const data = await resp.json();
     const previous = els.model.value || stored("model");
     els.model.replaceChildren();
+    state.cards = {};
     for (const card of data.data || []) {
+      state.cards[card.id] = card;
       const option = document.createElement("option");
       option.value = card.id;
       const ready = !card.capabilities || card.capabilities.ready !== false;
@@ -138,6 +159,7 @@
     }
     if (previous && [...els.model.options].some((o) => o.value === previous)) els.model.value = previous;
     noModels();
+    showDefaults();
     hideBanner();
   }
 
@@ -179,7 +201,7 @@
     messages.push(...state.history);
     const body = { model: els.model.value, messages: messages, stream: true, stream_options: { include_usage: true } };
     const temperature = parseFloat(els.temperature.value);
-    if (Number.isFinite(temperature)) body.temperature = temperature;
+    if (Number.isFinite(temperature)) body.temperature = temperature;  // empty: the model's default
     const maxTokens = parseInt(els.maxTokens.value, 10);
     if (Number.isFinite(maxTokens) && maxTokens > 0) body.max_tokens = maxTokens;
     return body;
