@@ -10,7 +10,7 @@ VENV_VLLM := .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 PIP_VLLM := $(PY_VLLM) -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-reliability test-vllm install install-dev install-vllm clean chromium ensure-redis
+.PHONY: run test test-reliability test-vllm test-ray install install-dev install-vllm install-ray clean chromium ensure-redis
 
 # llama-cpp-python built with llmserve's llama.cpp patches (patches/llama.cpp), cached under
 # ~/.cache/llmserve/wheels: it replaces pip's own compile of the sdist, then satisfies the pin
@@ -37,15 +37,26 @@ run: install
 ensure-redis:
 	bash scripts/ensure-redis.sh
 
-# the main suite first (a failure there is reported first), then the reliability tier, then the
-# vLLM tier in its own venv
+# the main suite first (a failure there is reported first), then the reliability tier, the Ray
+# tier, then the vLLM tier in its own venv
 test: install-dev chromium ensure-redis
-	$(PY) -m pytest -q -m "not reliability" && $(MAKE) test-reliability && $(MAKE) test-vllm
+	$(PY) -m pytest -q -m "not reliability and not ray" && $(MAKE) test-reliability && $(MAKE) test-ray && $(MAKE) test-vllm
 
 # the reliability tier (tests/reliability, under 4 minutes): hostile bodies beside a stream,
 # schemathesis against a live server, a 32-client soak, injected engine faults
 test-reliability: install-dev
 	$(PY) -m pytest -q -s -m reliability tests/reliability
+
+# Ray Serve (llmserve serve --ray) goes into the main venv: it moves none of its pins
+$(VENV)/.ray-installed: $(VENV)/.dev-installed requirements/ray.txt
+	$(PIP) install -r requirements/ray.txt
+	touch $@
+
+install-ray: $(VENV)/.ray-installed
+
+# the Ray tier (tests/serve_ray, about 3 minutes): a local cluster of 2 replicas per module
+test-ray: install-ray
+	$(PY) -m pytest -q -m ray tests/serve_ray
 
 # vLLM (CPU build) in its own venv: it pins its own fastapi/numpy and pulls ~3.4 GB.
 # torchvision/torchaudio/torchcodec come as CUDA builds and break transformers' imports.

@@ -18,6 +18,7 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
+from llmserve.bench import report
 from llmserve.engines.llamacpp import dispatch, kernels
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.models import bundled_model_path
@@ -71,7 +72,8 @@ def main() -> int:
     table = dispatch.mask_from(dispatch.load(path, args.threads, KERNEL_CACHE))
     ctx = LlamaContext(model, n_ctx=1024 * max(sizes), n_seq=max(sizes), n_batch=512, n_threads=args.threads)
     batch = ll.llama_batch_init(512, 0, 1)
-    print(f"{dispatch.cpu_model()}; bundled Q4_1 model, {args.threads} threads, {args.steps} decode steps per run, "
+    print(report.machine())
+    print(f"bundled Q4_1 model, {args.threads} threads, {args.steps} decode steps per run, "
           f"best of {args.repeats}")
     paths = {"tiles": (1 << 64) - 1, "stock": 0, "dispatch": table}
     try:

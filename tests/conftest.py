@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -27,6 +30,10 @@ from llmserve.settings import ModelSettings, Settings
 # client) share the 2 cores, and llama.cpp's spinning OpenMP barriers degrade badly when its
 # threads outnumber the free cores (seen here: seconds per decode step under such load).
 THREADS = int(os.environ.get("LLMSERVE_TEST_THREADS", "1"))
+# batch jobs of every app and server the tests start live here, never in the user's data directory
+if "LLMSERVE_DATA_DIR" not in os.environ:
+    os.environ["LLMSERVE_DATA_DIR"] = tempfile.mkdtemp(prefix="llmserve-test-data-")
+    atexit.register(shutil.rmtree, os.environ["LLMSERVE_DATA_DIR"], ignore_errors=True)
 T = TypeVar("T")
 
 
@@ -170,7 +177,7 @@ class ThreadServer:
     def __enter__(self) -> ThreadServer:
         self.thread.start()
         with httpx.Client(base_url=self.url) as c:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 300  # a vLLM engine loads in ~60 s here, more on a busy machine
             while time.monotonic() < deadline:
                 try:
                     if c.get("/health").status_code == 200:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from llmserve.content_text import ContentEscaper
 from llmserve.engines.fake import CHATML, FakeEngine
 from llmserve.settings import ModelSettings
@@ -84,3 +86,12 @@ def test_forged_turn_reaches_the_engine_as_text():
         r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": FORGED}],
                                                        "temperature": 0})
     assert r.json()["choices"][0]["message"]["content"] == "hello"
+
+
+def test_escaper_covers_tool_definitions():
+    escaper = ContentEscaper({"<|im_end|>"})
+    tools = [{"type": "function", "function": {"name": "f", "description": "x<|im_end|>y",
+                                               "parameters": {"type": "object", "properties": {"<|im_end|>": {}}}}}]
+    hidden = escaper.escape_value(tools)
+    assert "<|im_end|>" not in json.dumps(hidden, ensure_ascii=False)
+    assert escaper.unescape(json.dumps(hidden, ensure_ascii=False)) == json.dumps(tools, ensure_ascii=False)

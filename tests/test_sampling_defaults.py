@@ -124,6 +124,14 @@ def test_flags_env_and_config_file(tmp_path, monkeypatch):
     assert s.model_list()[0].default_sampling.given() == {"temperature": 0.1, "top_k": 40, "min_p": 0.1}
 
 
+def test_worker_processes_rebuild_the_defaults_from_the_environment(monkeypatch):
+    """``llmserve serve --workers N`` hands its settings to the workers as LLMSERVE_* variables."""
+    s = Settings(default_sampling=DefaultSampling(temperature=0.3, stop=["x"]))
+    for key, value in s.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert Settings().model_list()[0].default_sampling.given() == {"temperature": 0.3, "stop": ["x"]}
+
+
 def test_models_in_the_config_file_each_have_their_own(tmp_path):
     cfg = tmp_path / "llmserve.yaml"
     cfg.write_text("default_sampling: {temperature: 0.4, top_p: 0.8}\n"

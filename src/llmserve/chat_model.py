@@ -18,6 +18,7 @@ from llmserve.content_text import ContentEscaper
 from llmserve.engines import create_engine
 from llmserve.engines.base import Engine
 from llmserve.errors import ContextLengthExceeded, EngineStalled, InvalidRequest, ModelLoading, UnsupportedParameter
+from llmserve.fanout import fan_out
 from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.settings import ModelSettings
 from llmserve.stops import StopMatcher
@@ -36,6 +37,8 @@ from llmserve.workpool import WorkPool
 logger = logging.getLogger(__name__)
 MessagesLike = str | Sequence[Message | dict[str, Any]]
 T = TypeVar("T")
+# SamplingParams fields a client sets under another name
+_WIRE_NAMES = {"prompt_logprobs": "echo"}
 
 
 def to_messages(messages: MessagesLike) -> list[Message]:
@@ -124,7 +127,14 @@ class AsyncChatModel:
             value = getattr(sampling, f.name)
             defaulted = value == getattr(neutral, f.name) or (f.name in own and value == own[f.name])
             if f.name not in supported and not defaulted:
-                raise UnsupportedParameter(f"{f.name} is not supported by the {self.settings.engine} engine", param=f.name)
+                what = "echo with logprobs" if f.name == "prompt_logprobs" else f.name
+                raise UnsupportedParameter(f"{what} is not supported by the {self.settings.engine} engine",
+                                           param=_WIRE_NAMES.get(f.name, f.name))
+        n_vocab = self.engine.capabilities.vocab_size
+        bad = [t for t, _ in sampling.logit_bias if not 0 <= t < n_vocab] if n_vocab else []
+        if bad:
+            raise InvalidRequest(f"logit_bias: token id {bad[0]} is not in the vocabulary (0..{n_vocab - 1})",
+                                 param="logit_bias")
 
     @property
     def content_is_text(self) -> bool:
@@ -155,6 +165,7 @@ class AsyncChatModel:
         msgs = to_messages(messages)
         if self._escaper is not None:
             msgs = self._escaper.escape(msgs).messages
+            tools = self._escaper.escape_value(tools) if tools else tools  # descriptions are client text too
         if tools:
             return self.engine.render_chat(msgs, add_generation_prompt=add_generation_prompt, tools=tools)
         return self.engine.render_chat(msgs, add_generation_prompt=add_generation_prompt)
@@ -189,9 +200,10 @@ class AsyncChatModel:
             least = max(least, -(-chars // caps.max_token_chars))
         if least + reserve > caps.max_context:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {caps.max_context} tokens. However, your "
-                f"{len(messages)} messages need at least {least} tokens. Please reduce the length "
-                "of the messages.",
+                f"This model's maximum context length is {caps.max_context} tokens. However, you "
+                f"requested at least {least + reserve} tokens (your {len(messages)} messages need at "
+                f"least {least}, {reserve} in the completion). Please reduce the length of the "
+                "messages or completion.",
                 param="messages",
             )
 
@@ -289,6 +301,14 @@ class AsyncChatModel:
             self._waiters.discard(task)
             self._stall_cancelled.discard(task)
 
+    def fan_out(self, request: GenerationRequest, n: int) -> list[GenerationRequest]:
+        """The ``n`` engine requests of one call with ``n`` choices (see ``llmserve.fanout``).
+        ``n`` beyond the engine's slots could never run together: InvalidRequest."""
+        if n > self.settings.slots():
+            raise InvalidRequest(f"n is {n}, but model {self.name!r} runs at most {self.settings.slots()} "
+                                 "sequences at once (--parallel)", param="n")
+        return fan_out(request, n)
+
     # -- generation ----------------------------------------------------------------------------
     async def agenerate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Engine deltas with stop strings applied. Closing this iterator aborts the request."""
@@ -301,7 +321,7 @@ class AsyncChatModel:
                 text, hit = matcher.feed(delta.text)
                 if hit:
                     usage = delta.usage or Usage(len(request.prompt_tokens), n_generated)
-                    yield Delta(text, delta.token_ids, FinishReason.STOP, usage)
+                    yield dataclasses.replace(delta, text=text, finish_reason=FinishReason.STOP, usage=usage)
                     return
                 if delta.finish_reason is not None:
                     text += matcher.flush()
@@ -310,9 +330,11 @@ class AsyncChatModel:
             await stream.aclose()
 
     async def astream_deltas(
-        self, messages: MessagesLike, request_id: str | None = None, **sampling: Any
+        self, messages: MessagesLike, request_id: str | None = None, *, constraint: Constraint | None = None,
+        **sampling: Any
     ) -> AsyncIterator[Delta]:
-        request = await self.aprepare(messages, self.sampling_defaults.resolve(sampling), request_id)
+        """``constraint``: structured output (``Constraint("json_schema", schema_text)``, ...)."""
+        request = await self.aprepare(messages, self.sampling_defaults.resolve(sampling), request_id, constraint)
         async with aclosing(self.agenerate(request)) as deltas:  # closing aborts in the engine
             async for delta in deltas:
                 yield delta

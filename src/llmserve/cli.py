@@ -14,10 +14,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from llmserve import __version__
+from llmserve.cli_batch import add_batch_parser, run_batch
 from llmserve.cli_keys import add_keys_parser, run_keys
+from llmserve.errors import LLMServeError
 from llmserve.settings import ModelSettings, Settings
 
 CLI_EXCLUDED = {"models"}
+SWITCHES = {"ray"}  # boolean flags that take no value at all
 CHAT_MAX_TOKENS = 512  # llmserve chat's reply cap when neither the flag nor the model's defaults set one
 
 
@@ -44,6 +47,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, *, skip: set[str] = froz
             flag = "--" + name.removesuffix("s").replace("_", "-")
             parser.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
                                 help=f"{field.description} [env {env}]")
+            continue
+        if name in SWITCHES:  # takes no value, so MODEL_PATH may follow it ("serve --ray model.gguf")
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_const", const=True,
+                                default=argparse.SUPPRESS, help=f"{field.description} [env {env}]")
             continue
         flag_type, choices = _flag_type(field.annotation)
         # a bare boolean flag means true ("--allow-special-tokens-in-content"); "--web-ui false" still works
@@ -121,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="Benchmark OpenAI-compatible servers: throughput and latency per concurrency.")
     add_bench_arguments(bench)
     add_keys_parser(sub, add_settings_flags)  # llmserve keys create | list | revoke
+    add_batch_parser(sub, add_settings_flags)  # llmserve batch run | list | status
     return parser
 
 
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(args)
         if args.command == "keys":
             return run_keys(args, load_settings(args))
+        if args.command == "batch":
+            return run_batch(args, load_settings(args) if args.batch_command == "run" else None)
         return _models(args)
     except ValidationError as exc:
         for error in exc.errors():
@@ -149,17 +159,25 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"llmserve: {exc}", file=sys.stderr)
         return 2
+    except LLMServeError as exc:  # start-up checks (engine missing, not a model) and load failures
+        print(f"llmserve: {exc.message}", file=sys.stderr)
+        return 2
 
 
 def _serve(settings: Settings) -> int:
-    import uvicorn
-
     from llmserve.log import configure_logging
-    from llmserve.server import multiproc
+    from llmserve.server import multiproc, serving
 
     configure_logging(settings.log_level)
+    if settings.ray:  # the CLI becomes the Ray driver (serve_ray/ is the only place that imports Ray)
+        from llmserve.serve_ray.driver import check, serve_forever
+
+        check(settings)  # what --ray refuses, then the same start-up checks as a plain server
+        check_models(settings)
+        return serve_forever(settings)
     check_worker_limits(settings)
-    check_adapters(settings)
+    check_models(settings)  # before anything binds: a missing engine or a bad model path exits 2
+    check_adapters(settings)  # and every --lora adapter fits its model
     warn_oversubscribed(settings)
     multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
     # worker processes: uvicorn imports the app factory in each worker, which rebuilds these
@@ -167,9 +185,7 @@ def _serve(settings: Settings) -> int:
     for name in [k for k in os.environ if k.startswith("LLMSERVE_")]:
         del os.environ[name]
     os.environ.update(settings.to_env())
-    uvicorn.run("llmserve.server.app:create_app_from_env", factory=True, workers=settings.workers,
-                host=settings.host, port=settings.port, log_config=None,
-                log_level=settings.log_level, timeout_graceful_shutdown=5)
+    serving.run(settings)  # SIGTERM drains (server/drain.py), then exits 0
     return 0
 
 
@@ -200,6 +216,14 @@ def check_adapters(settings: Settings) -> None:
                 raise ValueError(exc.message) from None
 
 
+def check_models(settings: Settings) -> None:
+    """Every model's engine imports here and its path is something that engine can load."""
+    from llmserve.engines import preflight
+
+    for model in settings.model_list():
+        preflight(model)
+
+
 def check_worker_limits(settings: Settings) -> None:
     """Per-key limits in the key store need shared counters too (default limits are checked by Settings)."""
     if settings.workers > 1 and not settings.redis_url and settings.key_db:
@@ -219,6 +243,7 @@ def _chat(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging("warning")
     model_settings: ModelSettings = settings.model_list()[0]
+    check_models(settings)
     print(f"loading {model_settings.served_name()} ...", file=sys.stderr)
     with ChatModel(settings=model_settings) as model:
         history: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []

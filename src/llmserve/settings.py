@@ -96,7 +96,7 @@ class ModelSettings(BaseModel):
     q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
     allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
-    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
+    watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP)
     lora: list[str] = Field(default_factory=list, description=LORA_HELP)
 
@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL (redis://host:port/db) for rate-limit counters shared by all workers; unset: in-process counters.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, each loading its own engine; rate limits across workers need --redis-url.")
     # -- end API keys, rate limits, worker processes ----------------------------------------------
+    # -- batch jobs and graceful shutdown (batch/, server/drain.py) --------------------------------
+    data_dir: str = Field(default_factory=lambda: str(default_data_dir()), description="Directory for uploaded files and batch jobs (SQLite in WAL mode plus plain files); batches resume from it after a restart.")
+    batch_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files (OpenAI's limit: 200 MB).")
+    batch_max_lines: int = Field(50_000, ge=1, description="Most requests one batch input file may hold (OpenAI's limit: 50,000).")
+    batch_concurrency: int = Field(0, ge=0, description="Batch lines in flight per model (0: the model's --parallel slots, so an idle server keeps every slot busy; live requests still come first).")
+    shutdown_timeout: float = Field(30.0, ge=0, description="On SIGTERM: seconds in-flight requests get to finish (/health answers 503 draining meanwhile); then streams end with a server_shutting_down error event. A second signal stops at once.")
+    # -- end batch jobs and graceful shutdown ---------------------------------------------------------
 
     model: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
     served_model_name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")
@@ -166,7 +173,7 @@ class Settings(BaseSettings):
     flash_attn: Literal["auto", "on", "off"] = Field("auto", description="llama.cpp flash attention; auto: on with the unified KV cache (it skips other sequences' cells, and a row's attention does not depend on the rest of the batch, so greedy answers do not either), off with --kv-split (there off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences).")
     q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
-    watchdog_timeout: float = Field(60.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
+    watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP + " With 'models:' in the config file, these apply to every model, under each model's own default_sampling.")
     lora: list[str] = Field(default_factory=list, description=LORA_HELP)
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
@@ -174,6 +181,15 @@ class Settings(BaseSettings):
     cpu_workers: int = Field(2, ge=1, le=64, description="Threads for the CPU work of requests (parsing large bodies, rendering chat templates, tokenizing), kept off the event loop.")
     cpu_queue: int = Field(256, ge=1, description="Requests whose CPU work may wait for those threads; beyond that the server answers 503.")
     max_json_depth: int = Field(64, ge=4, le=1000, description="Deepest nesting of arrays and objects a JSON body may have; deeper ones get 400.")
+    # -- Ray Serve (serve_ray/, the llmserve[ray] extra) --------------------------------------------
+    ray: bool = Field(False, description="Serve through Ray Serve: each model a deployment of --replicas engines, the same API in front (needs the llmserve[ray] extra).")
+    ray_address: str | None = Field(None, description="With --ray: the Ray cluster to join (the address 'ray start --head' prints), or 'local' to start a cluster on this machine, on loopback (default).")
+    replicas: int = Field(1, ge=1, le=1024, description="With --ray: engine replicas per model; each takes --threads CPUs (Ray's num_cpus) and has --parallel slots.")
+    replica_gpus: float = Field(0, ge=0, description="With --ray: GPUs per replica (Ray's num_gpus; Ray gives each replica its own CUDA_VISIBLE_DEVICES): 1 runs one vLLM engine per GPU.")
+    max_queued: int | None = Field(None, ge=1, description="With --ray: requests per model that may wait for a free replica slot; beyond that 503 with Retry-After (default: --max-queue).")
+    autoscale: str | None = Field(None, description="With --ray: MIN:MAX replicas per model, scaled by Serve on requests in flight (--replicas is then the initial count).")
+    ray_stream_interval: float = Field(0.05, ge=0, le=1, description="With --ray: after the first token, which is sent at once, a replica gathers tokens for up to this many seconds (or 16 tokens) per message to the ingress (fewer, larger messages: less CPU per token).")
+    # -- end Ray Serve -----------------------------------------------------------------------------
     # -- operations (metrics) --
     metrics_dir: str | None = Field(
         default_factory=lambda: os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
@@ -277,6 +293,12 @@ class Settings(BaseSettings):
 
         layered = _Layered(**(overrides or {}))
         return cls.model_validate(layered.model_dump())
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/llmserve``, else ``~/.local/share/llmserve`` (the user's data directory)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llmserve"
 
 
 def _file_source(config_file: str | Path | None):

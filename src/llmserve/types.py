@@ -75,6 +75,11 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0  # 1 disables
     ignore_eos: bool = False  # generate past end-of-generation tokens, up to max_tokens (vLLM's)
+    # per generated token, its log-probability and those of the ``logprobs`` likeliest tokens
+    # (0: the chosen token's only); None: none reported. See ``TokenLogprob`` for what they are.
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None  # the same for every prompt token but the first (``echo``)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, -100..100) added to its logit
 
     @property
     def greedy(self) -> bool:
@@ -95,15 +100,26 @@ class RequestTiming:
 ALL_SAMPLING: frozenset[str] = frozenset(f.name for f in fields(SamplingParams))
 
 
+PRIORITY_LIVE = 0  # an interactive request
+PRIORITY_BATCH = 1  # a batch line: runs only on what live traffic leaves (see GenerationRequest.priority)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One generation. ``prompt_tokens`` are already rendered and tokenized."""
+    """One generation. ``prompt_tokens`` are already rendered and tokenized.
+
+    ``priority``: lower runs first. Above ``PRIORITY_LIVE`` a request is background work: it takes
+    only free slots, and an engine that can pauses it when a live request would otherwise wait."""
 
     request_id: str
     prompt_tokens: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     constraint: Constraint | None = None
     adapter: str | None = None  # the LoRA adapter to generate under (its served name); None: the base model
+    priority: int = PRIORITY_LIVE
+    # the n requests of one ``n > 1`` call share the group (their ids are ``{group}-{i}``) and the
+    # prompt, and arrive together: an engine may prefill that prompt once for all of them
+    group: str | None = None
     timing: RequestTiming = field(default_factory=RequestTiming, compare=False, repr=False)
 
 
@@ -119,13 +135,35 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the distribution it was drawn from: the model's logits
+    after structured-output masks and ``logit_bias``, before penalties and temperature (what vLLM
+    reports). A token that distribution forbids has ``FORBIDDEN_LOGPROB``. ``top``: the likeliest
+    tokens of that step, most likely first (their own ``top`` is empty)."""
+
+    token_id: int
+    piece: bytes  # the token's bytes (a piece of a UTF-8 character for some tokens)
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
+
+
+FORBIDDEN_LOGPROB = -9999.0
+
+
+@dataclass(frozen=True)
 class Delta:
-    """One streamed step: new text (may be empty), and on the last step the finish reason and usage."""
+    """One streamed step: new text (may be empty), and on the last step the finish reason and usage.
+
+    ``logprobs``: with ``SamplingParams.logprobs``, one record per generated token of this step
+    (none for an end-of-generation token, which has no text). ``prompt_logprobs``: on the first
+    delta, with ``SamplingParams.prompt_logprobs``, one per prompt token (None for the first)."""
 
     text: str = ""
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +182,7 @@ class Capabilities:
     sampling: frozenset[str]
     max_context: int  # longest prompt + completion one request may use
     chat_template: bool = True
+    vocab_size: int = 0  # token ids are 0..vocab_size-1 (0: unknown, ids are not checked)
     # texts the tokenizer reads as control tokens when it parses special tokens ("<|im_end|>"):
     # chat content that contains one is tokenized as plain text (llmserve.content_text)
     special_tokens: frozenset[str] = frozenset()

@@ -234,6 +234,68 @@ def test_seed_is_deterministic(api):
     assert a == b and a
 
 
+# -- logprobs, logit_bias, n ---------------------------------------------------------------------
+# logprobs after logit_bias (llama.cpp, hf); vLLM reports its own raw logprobs, before the bias
+LOGPROBS_AFTER_BIAS = {"llamacpp": True, "hf": True, "vllm": False}
+# echo with logprobs needs the logits of every prompt position: not on the hf engine
+PROMPT_LOGPROBS = {"llamacpp": True, "hf": False, "vllm": True}
+
+
+def test_logprobs_greedy_token_is_the_likeliest(api):
+    out = chat(api, temperature=0, max_tokens=4, logprobs=True, top_logprobs=3)
+    content = out["choices"][0]["logprobs"]["content"]
+    assert "".join(t["token"] for t in content) == text_of(out) and len(content) == 4
+    for t in content:
+        top = t["top_logprobs"]
+        assert len(top) == 3 and top[0]["token"] == t["token"]
+        assert top[0]["logprob"] == pytest.approx(t["logprob"], abs=1e-3) and t["logprob"] <= 0
+        assert [x["logprob"] for x in top] == sorted((x["logprob"] for x in top), reverse=True)
+        assert bytes(t["bytes"]).decode("utf-8", "replace") == t["token"]
+    hot = chat(api, temperature=1.5, seed=2, max_tokens=1, logprobs=True, top_logprobs=3)
+    assert [x["token"] for x in hot["choices"][0]["logprobs"]["content"][0]["top_logprobs"]] == \
+        [x["token"] for x in content[0]["top_logprobs"]]  # reported before temperature
+
+
+def test_logit_bias_bans_and_forces(served, api):
+    first = chat(api, temperature=0, max_tokens=1, logprobs=True)["choices"][0]["logprobs"]["content"][0]
+    greedy_id = api.post("/tokenize", json={"prompt": first["token"]}).json()["tokens"][0]
+    banned = chat(api, temperature=0, max_tokens=1, logit_bias={str(greedy_id): -100})
+    assert text_of(banned) != first["token"]
+    banana = api.post("/tokenize", json={"prompt": " banana"}).json()["tokens"][0]
+    forced = chat(api, temperature=0.8, seed=1, max_tokens=1, logprobs=True, logit_bias={str(banana): 100})
+    token = forced["choices"][0]["logprobs"]["content"][0]
+    assert token["token"] == " banana"
+    if LOGPROBS_AFTER_BIAS[served.engine_name]:
+        assert token["logprob"] > -0.01
+
+
+def test_n_choices_with_seed(api):
+    story = [{"role": "user", "content": "Write one sentence about a cat."}]
+    kw = {"temperature": 1.0, "seed": 77, "max_tokens": 6}
+    out = chat(api, story, n=2, **kw)
+    assert [c["index"] for c in out["choices"]] == [0, 1]
+    texts = [c["message"]["content"] for c in out["choices"]]
+    assert texts[1] == text_of(chat(api, story, **{**kw, "seed": 78}))  # choice i: seed + i
+    assert out["usage"]["completion_tokens"] == 12
+    assert out["usage"]["prompt_tokens"] == chat(api, story, **kw)["usage"]["prompt_tokens"]
+    assert_error(api.post(CHAT, json={"messages": story, "n": 3}), 400, param="n")  # 2 slots
+
+
+def test_completions_logprobs_and_echo(served, api):
+    body = {"model": NAME, "prompt": "The capital of France is", "temperature": 0, "max_tokens": 2, "logprobs": 2}
+    out = api.post("/v1/completions", json=body).json()["choices"][0]
+    assert "".join(out["logprobs"]["tokens"]) == out["text"] and len(out["logprobs"]["token_logprobs"]) == 2
+    r = api.post("/v1/completions", json={**body, "echo": True})
+    if not PROMPT_LOGPROBS[served.engine_name]:
+        assert_error(r, 400, code="unsupported_parameter", param="echo")
+        return
+    echoed = r.json()["choices"][0]
+    assert echoed["text"] == body["prompt"] + out["text"]
+    lp = echoed["logprobs"]
+    assert lp["token_logprobs"][0] is None and all(v <= 0 for v in lp["token_logprobs"][1:])
+    assert lp["tokens"][-2:] == out["logprobs"]["tokens"]
+
+
 # -- limits and errors ----------------------------------------------------------------------------
 def test_context_overflow_is_400(api):
     long = [{"role": "user", "content": "word " * (CTX + 200)}]
@@ -244,8 +306,6 @@ def test_context_overflow_is_400(api):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
     ({"functions": [{"name": "f"}]}, "functions"),
 ])
 def test_unsupported_parameters_are_400_naming_them(api, extra, param):

@@ -79,3 +79,8 @@ async def test_grammar_failure_ends_only_that_sequence(model):
     assert last.finish_reason in (FinishReason.STOP, FinishReason.LENGTH) and "1" in text
     text, _ = await run(model, FRANCE, Constraint("choice", '["Paris", "Rome"]'), temperature=0, max_tokens=8)
     assert text == "Paris"  # the engine serves on
+
+
+async def test_in_process_api_takes_a_constraint(model):
+    reply = await model.achat(FRANCE, temperature=0, constraint=Constraint("regex", "[A-Z]{3}"))
+    assert re.fullmatch("[A-Z]{3}", reply.text) and reply.finish_reason is FinishReason.STOP

@@ -118,3 +118,17 @@ def test_queue_full_is_overloaded(model, run):
         await wait_idle(model)
 
     run(body())
+
+
+def test_preflight_checks_the_architecture_before_any_load(tmp_path):
+    """``llmserve serve --engine vllm`` refuses, before binding, what vLLM cannot run."""
+    pytest.importorskip("vllm")
+    from llmserve.engines import preflight
+    from llmserve.errors import InvalidModel
+    from llmserve.settings import ModelSettings
+
+    preflight(ModelSettings(engine="vllm"))  # the bundled GGUF: converted through transformers
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "architectures": ["NoSuchForCausalLM"]}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InvalidModel, match="vLLM does not implement NoSuchForCausalLM"):
+        preflight(ModelSettings(engine="vllm", path=str(tmp_path)))

@@ -4,6 +4,7 @@ while a stream beside them keeps its pace (real model, live server)."""
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 import time
 
@@ -15,7 +16,8 @@ from tests.reliability.conftest import serve
 pytestmark = pytest.mark.reliability
 
 # 30 s with the template rendered and the prompt tokenized on the event loop; a few decode steps now
-MAX_GAP_S = 1.0
+# (loose: a busy CI machine slows the decode steps themselves, hence also ten of its p90 gaps)
+MAX_GAP_S = 0.5
 
 
 def hostile_bodies() -> dict[str, bytes]:
@@ -34,6 +36,7 @@ def server():
 
 
 def test_hostile_bodies_get_400_and_a_stream_beside_them_keeps_going(server):
+    bodies = hostile_bodies()  # built before the stream: building them would stall this process's reader
     gaps: list[float] = []
     stream_done = threading.Event()
     stream_error: list[BaseException] = []
@@ -65,7 +68,7 @@ def test_hostile_bodies_get_400_and_a_stream_beside_them_keeps_going(server):
     n_before = len(gaps)
     answers = {}
     with httpx.Client(base_url=server, timeout=60) as client:
-        for name, body in hostile_bodies().items():
+        for name, body in bodies.items():
             t0 = time.monotonic()
             r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
             answers[name] = (r.status_code, r.json()["error"], time.monotonic() - t0)
@@ -78,8 +81,10 @@ def test_hostile_bodies_get_400_and_a_stream_beside_them_keeps_going(server):
     assert answers["one"][0] == 400 and answers["one"][1]["code"] == "context_length_exceeded"
     assert answers["deep"][0] == 400 and "nests deeper" in answers["deep"][1]["message"]
     during = gaps[max(n_before - 1, 0):hostile_done_at + 1]
+    typical = statistics.quantiles(gaps, n=10)[-1]  # the stream's 90th-percentile gap
     print(f"\nstream gaps while the hostile bodies were answered: max {max(during) * 1000:.0f} ms "
-          f"over {len(during)} tokens; answers in " + ", ".join(f"{k} {v[2] * 1000:.0f} ms" for k, v in answers.items()))
-    assert max(during) < MAX_GAP_S
+          f"over {len(during)} tokens (the stream's p90 gap {typical * 1000:.0f} ms); answers in "
+          + ", ".join(f"{k} {v[2] * 1000:.0f} ms" for k, v in answers.items()))
+    assert max(during) < max(MAX_GAP_S, 10 * typical)
     with httpx.Client(base_url=server) as client:
         assert client.get("/health").status_code == 200

@@ -15,7 +15,7 @@ from tests.reliability.conftest import serve
 pytestmark = pytest.mark.reliability
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-MAX_TIME_S = 75
+MAX_TIME_S = 60
 
 
 def test_schemathesis_finds_no_failure(tmp_path):

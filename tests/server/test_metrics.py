@@ -99,7 +99,7 @@ def test_rejections_by_reason():
     with app_client(busy) as client:
         assert client.post(CHAT, json=body(max_tokens=500)).status_code == 400  # context_length
         assert client.post(CHAT, json=body(temperature=5)).status_code == 400  # invalid
-        assert client.post(CHAT, json=body(n=2)).status_code == 400  # unsupported parameter
+        assert client.post(CHAT, json=body(prediction={"type": "content", "content": "x"})).status_code == 400  # unsupported parameter
         assert client.post(CHAT, json=body(model="nope")).status_code == 404
         t = post_in_thread(client, body())
         wait_for(client, lambda s: value(s, "num_requests_running") == 1)

@@ -87,8 +87,8 @@ def test_completion_stream(client):
 def test_completion_errors(client):
     r = client.post(COMPLETIONS, json=completion(prompt=[]))
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
-    r = client.post(COMPLETIONS, json=completion(prompt="hi", echo=True))
-    assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
+    r = client.post(COMPLETIONS, json=completion(prompt="hi", n=9))  # more choices than slots
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
     r = client.post(COMPLETIONS, json=completion(prompt="hi", max_tokens=100000))
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "context_length_exceeded" and r.json()["error"]["param"] == "prompt"

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from llmserve.server.body import nesting_depth_over
+from llmserve.server.body import nesting_depth_over, scan_object
+from llmserve.errors import ContextLengthExceeded
 from llmserve.settings import Settings
 from tests.conftest import app_client, fake_model
 
@@ -33,7 +34,7 @@ def test_more_messages_than_the_context_holds_is_context_length_exceeded_before_
         err = error_of(post(client, CHAT, body), 400)
         ok = client.post(CHAT, json={"messages": [{"role": "user", "content": "hi"}] * 100, "max_tokens": 4})
     assert err["code"] == "context_length_exceeded" and err["param"] == "messages"
-    assert "3000 messages" in err["message"]
+    assert "more than 2048 messages" in err["message"]
     assert ok.status_code == 200
 
 
@@ -47,7 +48,7 @@ def test_more_characters_than_the_context_could_hold_is_refused_before_tokenizin
         tokenize = engine.tokenize
         engine.tokenize = lambda *a, **k: calls.append(a) or tokenize(*a, **k)
         err = error_of(client.post(path, json={"messages": [{"role": "user", "content": "x " * 50_000}]}), 400)
-    assert err["code"] == "context_length_exceeded" and "need at least 3125 tokens" in err["message"]
+    assert err["code"] == "context_length_exceeded" and "messages need at least 3125" in err["message"]
     assert calls == []
 
 
@@ -111,3 +112,26 @@ async def _occupy(pool, gate: threading.Event) -> None:
 
     asyncio.ensure_future(pool.run(gate.wait, 10))
     await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("text", [
+    '{}', ' { } ', '{"a": 1, "b": [1, 2, {"c": [3]}], "a": 2}', '{"messages": [], "x": "y"}',
+    '{"messages": [ {"role": "user", "content": "hi"} , {"role": "user", "content": "\\u00e9"} ] }',
+    '[1, 2]', '"text"', '{"n": NaN, "l": [[], [[]]]}',
+])
+def test_scan_object_reads_as_json_loads(text):
+    assert json.dumps(scan_object(text, 10)) == json.dumps(json.loads(text))
+
+
+@pytest.mark.parametrize("text", ['{"a": 1,}', '{"a" 1}', '{"a": [1 2]}', '{"a": 1} x', '{1: 2}', '{"a": [1,]}', '{'])
+def test_scan_object_refuses_what_json_loads_refuses(text):
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError):
+        scan_object(text, 10)
+
+
+def test_scan_object_stops_reading_messages_past_the_limit():
+    text = '{"messages": [' + ", ".join(['{"role": "user", "content": "hi"}'] * 5) + '], "x": [1,'  # broken after
+    with pytest.raises(ContextLengthExceeded):
+        scan_object(text, 4)

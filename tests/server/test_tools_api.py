@@ -82,6 +82,19 @@ def test_stream_sends_name_first_then_argument_pieces():
     assert finish == "tool_calls" and len(calls) == 2
 
 
+def test_max_tokens_mid_call_is_length():
+    with app_client(fake_model(reply=CALLS)) as client:
+        prefix = '<tool_call>[{"name": "get_weather", "arguments": {"city":'
+        n = client.post("/tokenize", json={"prompt": prefix, "add_special_tokens": False}).json()["count"]
+        out = client.post(CHAT, json=chat(max_tokens=n)).json()
+        choice = out["choices"][0]
+        assert choice["finish_reason"] == "length"
+        (call,) = choice["message"]["tool_calls"]  # the call had started: it stays, cut short
+        assert call["function"]["name"] == "get_weather" and call["function"]["arguments"] == '{"city":'
+        _, calls, finish, _ = stream_result(client, chat(max_tokens=n))
+        assert finish == "length" and without_ids(calls) == without_ids(choice["message"]["tool_calls"])
+
+
 def test_tool_choice_none_leaves_the_text_alone():
     with app_client(fake_model(reply=CALLS)) as client:
         out = client.post(CHAT, json=chat(tool_choice="none")).json()

@@ -182,6 +182,13 @@ def test_chat_ws_errors_are_messages(make_client):
             assert err["id"] == "m" and err["status"] == 404 and err["error"]["code"] == "model_not_found"
             ws.send_json({"type": "request", "id": "n", "messages": user("x"), "n": 2})
             assert ws.receive_json()["error"]["code"] == "unsupported_parameter"
+            ws.send_json({"type": "request", "id": "tl", "messages": user("x"),
+                          "tools": [{"type": "function", "function": {"name": "f"}}]})
+            err = ws.receive_json()
+            assert err["id"] == "tl" and err["status"] == 400 and err["error"]["param"] == "tools"
+            # structured output reaches the engine (the fake one honours none): never silently ignored
+            ws.send_json({"type": "request", "id": "j", "messages": user("x"), "response_format": {"type": "json_object"}})
+            assert ws.receive_json()["error"]["param"] == "response_format"
 
             ws.send_json({"type": "request", "id": "dup", "messages": user("x")})
             ws.send_json({"type": "request", "id": "dup", "messages": user("x")})

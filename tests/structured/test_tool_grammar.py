@@ -99,3 +99,24 @@ def test_bad_tool_requests_name_the_parameter(tools, choice, param):
     with pytest.raises(InvalidRequest) as info:
         tool_request(tools, choice, None)
     assert info.value.param == param
+
+
+def test_plan_follows_what_the_engine_honours():
+    from llmserve.errors import UnsupportedParameter
+    from llmserve.structured.tools import plan_tools, tool_capabilities
+    from llmserve.types import Capabilities
+
+    lazy = Capabilities(frozenset(), 1024, tool_format="json_list", constraints=frozenset({"grammar", "trigger"}))
+    eager = Capabilities(frozenset(), 1024, tool_format="hermes", constraints=frozenset({"grammar"}))  # vLLM
+    free = Capabilities(frozenset(), 1024, tool_format="json_list")  # no constrained decoding at all
+    auto, required = tool_request(TOOLS, "auto", None), tool_request(TOOLS, "required", None)
+    assert plan_tools(auto, lazy).constraint.trigger == "<tool_call>"
+    assert plan_tools(auto, eager).constraint is None and plan_tools(auto, eager).fmt is HERMES
+    assert plan_tools(required, eager).constraint.trigger is None
+    assert plan_tools(auto, free).constraint is None
+    with pytest.raises(UnsupportedParameter) as info:
+        plan_tools(required, free)
+    assert info.value.param == "tool_choice"
+    assert plan_tools(tool_request(TOOLS, "none", None), lazy) is None
+    assert tool_capabilities(free) == {"format": "json_list", "tool_choice": ["none", "auto"], "constrained_auto": False}
+    assert tool_capabilities(Capabilities(frozenset(), 0)) == {}

@@ -312,3 +312,38 @@ def test_real_model_reply_in_the_page(page, llama_server):
     stats = page.find_element(By.CSS_SELECTOR, ".msg.assistant .stats").text
     assert "completion tokens" in stats and "tokens/s" in stats
     assert js_errors(page) == []
+
+
+def test_the_page_starts_from_the_model_sampling_defaults(page):
+    """An empty temperature field sends none: the model's defaults apply, and the page shows them."""
+    from selenium.webdriver.support.ui import Select
+
+    from llmserve.chat_model import AsyncChatModel
+    from llmserve.settings import DefaultSampling, ModelSettings
+
+    warm = AsyncChatModel(settings=ModelSettings(name="warm", engine="fake",
+                                                 default_sampling=DefaultSampling(temperature=0.3, top_p=0.8)))
+    greedy = AsyncChatModel(settings=ModelSettings(name="greedy", engine="fake",
+                                                   default_sampling=DefaultSampling(temperature=0)))
+    seen = []
+    generate = greedy.engine.generate
+    greedy.engine.generate = lambda request: (seen.append(request.sampling), generate(request))[1]
+    with page_server(warm, greedy) as server:
+        open_page(page, server)
+        page.execute_script("localStorage.clear()")  # no temperature kept from another test
+        page.refresh()
+        wait_for(lambda: models_loaded(page) == ["warm", "greedy"], what="the model list")
+        temperature = page.find_element(By.ID, "temperature")
+        assert temperature.get_attribute("value") == ""
+        wait_for(lambda: temperature.get_attribute("placeholder") == "0.3", what="the default as placeholder")
+        assert "temperature 0.3, top_p 0.8" in page.find_element(By.ID, "sampling-defaults").text
+        Select(page.find_element(By.ID, "model")).select_by_value("greedy")
+        wait_for(lambda: temperature.get_attribute("placeholder") == "0", what="the other model's default")
+        send(page, "alpha beta")
+        wait_for(lambda: last_reply(page) == "alpha beta" and state(page) == "idle", what="the greedy echo")
+        assert seen[-1].temperature == 0
+        temperature.send_keys("1.2")
+        send(page, "gamma delta")
+        wait_for(lambda: len(seen) == 2 and state(page) == "idle", what="the second reply")
+        assert seen[-1].temperature == 1.2  # a value typed in the field is sent and wins
+        assert js_errors(page) == []

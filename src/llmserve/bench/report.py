@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -14,6 +16,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from llmserve.bench.runner import LevelResult, Target
+
+
+KEY_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avxvnni", "avx512_bf16",
+             "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
+
+
+def machine() -> str:
+    """The CPU model, core count and the SIMD flags that decide llama.cpp's kernels, for a bench's
+    header: a figure never travels without its machine."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model") and value.strip():
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    simd = " ".join(f for f in KEY_FLAGS if f in flags) or "none of " + ",".join(KEY_FLAGS[:3])
+    return f"CPU: {model}, {os.cpu_count()} cores; SIMD: {simd}"
 
 
 def _num(value: float | None, fmt: str = "{:.1f}") -> str:

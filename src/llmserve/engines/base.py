@@ -11,6 +11,7 @@ from llmserve.types import Capabilities, Delta, Embeddings, EngineStats, Generat
 
 if TYPE_CHECKING:
     from llmserve.lora import AdapterSpec
+    from llmserve.settings import ModelSettings
 
 
 class Embedder(abc.ABC):
@@ -36,6 +37,12 @@ class Engine(abc.ABC):
     """
 
     embedder: Embedder | None = None  # optional capability: embeddings (see ``Embedder``)
+
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """Quick checks before a server binds, loading no weights: raises ``ModelNotFound`` or
+        ``InvalidModel`` (saying what is wrong) when ``settings`` name nothing this engine can
+        load. The default checks nothing."""
 
     @abc.abstractmethod
     async def start(self) -> None:

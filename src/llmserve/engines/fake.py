@@ -4,6 +4,9 @@ Options (``ModelSettings.options``): ``reply`` (greedy answer; default echoes th
 message), ``token_delay`` (seconds per token), ``fail_after`` (raise EngineError after N tokens),
 ``max_context`` (tokens, default 2048). It honours ``parallel``, ``max_queue`` and
 ``queue_timeout`` like a real engine, so admission can be tested in milliseconds.
+Logprobs are made up but well formed: token ``i`` of an answer has logprob ``-0.25 * (i % 4)``
+and its alternatives follow, each 1.0 lower. ``logit_bias`` 100 makes the answer that token
+repeated; -100 drops the token from the answer.
 
 Fault injection, aimed at the requests whose prompt contains a marker text: ``fail_prefill_on``
 (the request fails in its prefill, before any token), ``fail_decode_on`` (it fails after two
@@ -17,6 +20,7 @@ Tokens are words of at most 32 characters (``<|im_start|>`` and ``<|im_end|>`` a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 import time
@@ -36,6 +40,7 @@ from llmserve.types import (
     FinishReason,
     GenerationRequest,
     Message,
+    TokenLogprob,
     Usage,
 )
 
@@ -172,8 +177,35 @@ class FakeEngine(Engine):
             raise RuntimeError(f"injected bug at {phase}")
         raise EngineError(f"injected failure at {phase}")
 
+    def _biased(self, request: GenerationRequest, answer: list[int]) -> list[int]:
+        bias = dict(request.sampling.logit_bias)
+        forced = [t for t, b in bias.items() if b >= 100]
+        if forced:
+            return [forced[0]] * (request.sampling.max_tokens or 16) + [0]
+        return [t for t in answer if bias.get(t, 0) > -100]
+
+    def _record(self, token: int, i: int, k: int | None) -> TokenLogprob:
+        lp = -0.25 * (i % 4)
+        alternatives = [token] + [t for t in range(len(self._words)) if t != token]
+        top = tuple(TokenLogprob(t, self._words[t].encode(), lp - j) for j, t in enumerate(alternatives[:k or 0]))
+        return TokenLogprob(token, self._words[token].encode(), lp, top)
+
+    def _with_logprobs(self, request: GenerationRequest, delta: Delta, i: int) -> Delta:
+        k, pk = request.sampling.logprobs, request.sampling.prompt_logprobs
+        if k is not None and delta.text:
+            delta = dataclasses.replace(delta, logprobs=(self._record(delta.token_ids[0], i, k),))
+        if pk is not None and i == 0:
+            prompt = request.prompt_tokens
+            delta = dataclasses.replace(delta, prompt_logprobs=(None,) + tuple(
+                self._record(t, j, pk) for j, t in enumerate(prompt[1:])))
+        return delta
+
     async def _decode(self, request: GenerationRequest, fault: str | None = None) -> AsyncIterator[Delta]:
-        answer = self._answer(request)
+        async for i, delta in _enumerate(self._decode_plain(request, fault)):
+            yield self._with_logprobs(request, delta, i)
+
+    async def _decode_plain(self, request: GenerationRequest, fault: str | None = None) -> AsyncIterator[Delta]:
+        answer = self._biased(request, self._answer(request))
         n_prompt = len(request.prompt_tokens)
         budget = min(request.sampling.max_tokens or self.max_context, self.max_context - n_prompt)
         if request.sampling.ignore_eos:  # the answer again and again, to the budget
@@ -202,6 +234,13 @@ class FakeEngine(Engine):
             )
             if last:
                 return
+
+
+async def _enumerate(it: AsyncIterator[Delta]) -> AsyncIterator[tuple[int, Delta]]:
+    i = 0
+    async for item in it:
+        yield i, item
+        i += 1
 
 
 class FakeEmbedder(Embedder):

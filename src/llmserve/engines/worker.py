@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from llmserve.errors import EngineError, LLMServeError, Overloaded, QueueTimeout
-from llmserve.types import Delta, GenerationRequest
+from llmserve.types import PRIORITY_LIVE, Delta, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class WorkerLoop(abc.ABC, Generic[S]):
         self.emit = emit
         self.n_waiting = 0
         self.n_running = 0
+        self.n_background = 0  # of those waiting or running: priority above PRIORITY_LIVE (batch lines)
         self.steps = 0
         self.last_progress = time.monotonic()  # a step finished, or work came to an idle loop
         self._cv = threading.Condition()
@@ -75,8 +76,10 @@ class WorkerLoop(abc.ABC, Generic[S]):
         with self._cv:
             if self._stopping:
                 raise Overloaded("the engine is shutting down", retry_after=5)
-            if self.n_waiting + self.n_running >= self.n_slots + self.max_queue:
+            background = request.priority > PRIORITY_LIVE  # bounded by its sender (the batch runner)
+            if not background and self.n_waiting + self.n_running - self.n_background >= self.n_slots + self.max_queue:
                 raise Overloaded("the request queue is full; try again shortly", retry_after=1)
+            self.n_background += background
             if self.n_waiting + self.n_running == 0:
                 self.last_progress = time.monotonic()  # the watchdog counts from now
             self.n_waiting += 1
@@ -134,7 +137,8 @@ class WorkerLoop(abc.ABC, Generic[S]):
         """Drops waiting requests that were cancelled or waited past the queue timeout."""
         now = time.monotonic()
         for seq in list(self._waiting):
-            expired = self.queue_timeout is not None and now - seq.enqueued_at > self.queue_timeout
+            expired = (self.queue_timeout is not None and now - seq.enqueued_at > self.queue_timeout
+                       and seq.request.priority == PRIORITY_LIVE)
             if seq.cancelled or expired:
                 self._waiting.remove(seq)
                 self._forget(seq, waiting=True)
@@ -154,6 +158,7 @@ class WorkerLoop(abc.ABC, Generic[S]):
     def _forget(self, seq: S, *, waiting: bool) -> None:
         with self._cv:
             self._by_id.pop(seq.request.request_id, None)
+            self.n_background -= seq.request.priority > PRIORITY_LIVE
             if waiting:
                 self.n_waiting -= 1
             else:

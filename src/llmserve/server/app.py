@@ -23,6 +23,14 @@ from llmserve.server.keystore import KeyStore
 from llmserve.server.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from llmserve.server.routes import simple, ws
 
+# -- batch jobs and graceful shutdown
+from llmserve.batch import dispatch
+from llmserve.server.drain import Drain, DrainMiddleware
+from llmserve.server.jobs import Jobs
+from llmserve.server.routes import batches, files
+
+UPLOAD_OVERHEAD = 64 * 1024  # multipart framing around an uploaded file
+
 
 def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel] | None = None) -> FastAPI:
     """``models`` overrides the ones ``settings`` describes (tests pass fake-engine models)."""
@@ -42,9 +50,12 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
             app.state.metrics.add_model(name)
         await app.state.rate_limiter.start()
         await registry.start()
+        app.state.jobs = Jobs(settings, registry, app, app.state.drain)
+        app.state.jobs.start()
         try:
             yield
         finally:
+            await app.state.jobs.aclose()  # batch lines in flight stay pending: they run after a restart
             await registry.aclose()
             pool.close()
             await app.state.rate_limiter.aclose()
@@ -55,6 +66,7 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     app.state.metrics = Metrics()  # a registry per app: several apps can live in one process
     app.state.keystore = KeyStore(settings.key_db) if settings.key_db else None
     app.state.rate_limiter = RateLimiter(settings)
+    app.state.drain = Drain()
     install_error_handlers(app)
     openapi.install(app)
     app.include_router(health.router)
@@ -66,10 +78,14 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     app.include_router(lora.router)
     app.include_router(simple.router)
     app.include_router(ws.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     if settings.web_ui:
         app.include_router(web.router)
     app.add_middleware(RateLimitHeadersMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       path_limits={"/v1/files": settings.batch_max_file_bytes + UPLOAD_OVERHEAD})
+    app.add_middleware(DrainMiddleware, drain=app.state.drain, internal_key=dispatch.SCOPE_KEY)
     app.add_middleware(RequestIdMiddleware)
     return app
 

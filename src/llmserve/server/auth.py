@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 from starlette.requests import HTTPConnection
 
+from llmserve.batch.dispatch import internal_call
 from llmserve.errors import Forbidden, Unauthorized
 from llmserve.server.deps import get_keystore, get_settings
 from llmserve.server.keystore import hash_key
@@ -43,6 +44,9 @@ def presented_key(conn: HTTPConnection) -> str | None:
 
 async def authenticate(conn: HTTPConnection) -> Identity:
     """Who is calling; raises ``Unauthorized`` when keys are required and this one is not valid."""
+    internal = internal_call(conn.scope)
+    if internal is not None:  # a batch line, on behalf of the key that created the batch
+        return Identity(subject=internal.owner, name="batch")
     settings = get_settings(conn)
     if not settings.auth_required:
         host = conn.client.host if conn.client else "unknown"
@@ -64,6 +68,11 @@ async def authenticate(conn: HTTPConnection) -> Identity:
             return Identity(subject=f"key:{record.id}", name=record.name, rpm=record.rpm, tpm=record.tpm,
                             admin=record.admin)
     raise Unauthorized("Incorrect API key provided.")
+
+
+def owner_of(identity: Identity) -> str:
+    """Whose files and batches these are: the key's subject, or one shared owner without auth."""
+    return "anonymous" if identity.subject.startswith("addr:") else identity.subject
 
 
 async def require_api_key(conn: HTTPConnection) -> Identity:

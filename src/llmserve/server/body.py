@@ -1,15 +1,18 @@
 """JSON request bodies parsed off the event loop, and bounded before anything else reads them.
 
 ``JSONBodyRoute`` (the route class of the API routers) parses a body larger than
-``INLINE_BYTES`` in the app's ``WorkPool``, refuses one nested deeper than ``--max-json-depth``
-and a chat with more messages than any served model's context could hold (each message takes a
-token at least), and hands the parsed value to FastAPI, which then validates it as usual.
+``INLINE_BYTES`` in the app's ``WorkPool`` (an array element at a time, so that the parsing
+thread lets go of the GIL), refuses one nested deeper than ``--max-json-depth`` and a chat with
+more messages than any served model's context could hold (each message takes a token at least;
+the messages past that are never read), and hands the parsed value to FastAPI, which then
+validates it as usual. WebSocket frames go through the same bounds (``parse_off_loop``).
 """
 
 from __future__ import annotations
 
 import email.message
 import json
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -48,22 +51,93 @@ def parse_json(raw: bytes | str, *, max_depth: int, max_messages: int | None) ->
 def load_json(raw: bytes | str, *, max_depth: int, max_messages: int | None) -> Any:
     """``json.loads`` (its JSONDecodeError passes through), then the bounds: InvalidRequest for a
     value nested deeper than ``max_depth``, ContextLengthExceeded for more ``messages`` than
-    ``max_messages``."""
+    ``max_messages``. A large body is read a top-level array element at a time (``scan_object``)."""
     try:
-        data = json.loads(raw)
+        if len(raw) > INLINE_BYTES:
+            text = raw.decode(json.detect_encoding(raw)) if isinstance(raw, bytes) else raw
+            data = scan_object(text, max_messages)
+        else:
+            data = json.loads(raw)
     except RecursionError:
         raise InvalidRequest(f"the JSON body nests deeper than {max_depth} levels") from None
     if not isinstance(data, (dict, list)):
         return data
     messages = data.get("messages") if isinstance(data, dict) else None
     if max_messages is not None and isinstance(messages, list) and len(messages) > max_messages:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {max_messages} tokens. However, your "
-            f"{len(messages)} messages need at least {len(messages)} tokens. Please reduce the "
-            "length of the messages.", param="messages")
+        raise too_many_messages(max_messages)
     if nesting_depth_over(data, max_depth):
         raise InvalidRequest(f"the JSON body nests deeper than {max_depth} levels")
     return data
+
+
+def too_many_messages(limit: int) -> ContextLengthExceeded:
+    return ContextLengthExceeded(
+        f"This model's maximum context length is {limit} tokens. However, your request has more "
+        f"than {limit} messages, and every message takes a token at least. Please reduce the number "
+        "of messages.", param="messages")
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def scan_object(text: str, max_messages: int | None) -> Any:
+    """``json.loads(text)``, but a top-level object's array values are decoded an element at a
+    time: a thread parsing a long array lets the event loop run between elements (one
+    ``json.loads`` call would hold the GIL for all of it), and ``messages`` stops being read
+    past ``max_messages`` elements (ContextLengthExceeded)."""
+    pos = _WS.match(text).end()
+    if not text.startswith("{", pos):
+        return json.loads(text)
+    out: dict[str, Any] = {}
+    pos = _WS.match(text, pos + 1).end()
+    if text.startswith("}", pos):
+        return _end(text, pos + 1, out)
+    while True:
+        if not text.startswith('"', pos):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
+        key, pos = _DECODER.raw_decode(text, pos)
+        pos = _WS.match(text, pos).end()
+        if not text.startswith(":", pos):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
+        pos = _WS.match(text, pos + 1).end()
+        if text.startswith("[", pos):
+            out[key], pos = _scan_array(text, pos, max_messages if key == "messages" else None)
+        else:
+            out[key], pos = _DECODER.raw_decode(text, pos)
+        pos = _WS.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = _WS.match(text, pos + 1).end()
+        elif text.startswith("}", pos):
+            return _end(text, pos + 1, out)
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+
+
+def _scan_array(text: str, pos: int, limit: int | None) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    pos = _WS.match(text, pos + 1).end()
+    if text.startswith("]", pos):
+        return items, pos + 1
+    while True:
+        if limit is not None and len(items) >= limit:
+            raise too_many_messages(limit)
+        item, pos = _DECODER.raw_decode(text, pos)
+        items.append(item)
+        pos = _WS.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = _WS.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            return items, pos + 1
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+
+
+def _end(text: str, pos: int, value: Any) -> Any:
+    pos = _WS.match(text, pos).end()
+    if pos != len(text):
+        raise json.JSONDecodeError("Extra data", text, pos)
+    return value
 
 
 async def parse_off_loop(conn: HTTPConnection, raw: bytes | str, parse: Callable[..., Any] = parse_json) -> Any:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from llmserve.errors import InvalidRequest, UnsupportedParameter
 from llmserve.sampling_defaults import SamplingDefaults
 from llmserve.server.protocol import (
     ChatCompletionRequest,
     ChatMessage,
+    CompletionRequest,
     DeltaFunction,
     DeltaMessage,
     DeltaToolCall,
@@ -39,6 +42,7 @@ def sampling_from(body: SamplingFields, defaults: SamplingDefaults, *, max_token
         frequency_penalty=body.frequency_penalty,
         repetition_penalty=body.repetition_penalty,
         ignore_eos=body.ignore_eos,
+        logit_bias=tuple((int(k), float(v)) for k, v in (body.logit_bias or {}).items()),
     ))
 
 
@@ -51,7 +55,18 @@ def constraint_of(body: SamplingFields) -> Constraint | None:
 
 
 def chat_sampling(body: ChatCompletionRequest, defaults: SamplingDefaults) -> SamplingParams:
-    return sampling_from(body, defaults, max_tokens=body.max_completion_tokens or body.max_tokens)
+    sampling = sampling_from(body, defaults, max_tokens=body.max_completion_tokens or body.max_tokens)
+    if body.logprobs:
+        sampling = replace(sampling, logprobs=body.top_logprobs or 0)
+    return sampling
+
+
+def completion_sampling(body: CompletionRequest, defaults: SamplingDefaults) -> SamplingParams:
+    """``logprobs: k`` for the generated tokens; with ``echo``, for the prompt's too."""
+    sampling = sampling_from(body, defaults)
+    if body.logprobs is not None:
+        sampling = replace(sampling, logprobs=body.logprobs, prompt_logprobs=body.logprobs if body.echo else None)
+    return sampling
 
 
 def to_message(m: ChatMessage) -> Message:

@@ -98,6 +98,11 @@ class Metrics:
         self.itl = histogram("inter_token_latency_seconds", "Time between streamed steps.", ITL_BUCKETS)
         self.e2e = histogram("e2e_request_latency_seconds", "Time from arrival to the last token.",
                              REQUEST_BUCKETS)
+        # batch jobs (refreshed from the job store at each scrape; the same in every worker)
+        self.batch_lines = Gauge(PREFIX + "batch_lines", "Lines of active batches: queued, running, completed, "
+                                 "failed.", ["state"], registry=reg, multiprocess_mode="livemostrecent")
+        self.batches = Gauge(PREFIX + "batches", "Batches by status.", ["status"], registry=reg,
+                             multiprocess_mode="livemostrecent")
         self.queue_time = histogram("request_queue_time_seconds", "Time waiting before the engine started "
                                     "the request.", REQUEST_BUCKETS)
 

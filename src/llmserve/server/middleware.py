@@ -39,18 +39,21 @@ class RequestIdMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Answers 413 (OpenAI-shaped) once a request body passes ``max_bytes``."""
+    """Answers 413 (OpenAI-shaped) once a request body passes ``max_bytes`` (or the limit
+    ``path_limits`` sets for its path: file uploads)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
         declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            return await self._reject(send, max_bytes)
         seen = 0
         rejected = False
 
@@ -61,9 +64,9 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     rejected = True
-                    await self._reject(send)
+                    await self._reject(send, max_bytes)
                     return {"type": "http.disconnect"}
             return message
 
@@ -73,8 +76,8 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _reject(self, send: Send) -> None:
-        exc = RequestTooLarge(f"request body is larger than the limit of {self.max_bytes} bytes")
+    async def _reject(self, send: Send, max_bytes: int) -> None:
+        exc = RequestTooLarge(f"request body is larger than the limit of {max_bytes} bytes")
         body = json.dumps(error_payload(exc)).encode()
         await send({"type": "http.response.start", "status": exc.status_code,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

@@ -40,12 +40,20 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse, "description": DESCRIPTIONS[status]} for status in statuses}
 
 
+def sse_event(description: str) -> dict[str, Any]:
+    """The schema of one server-sent event (what a schema-aware client or fuzzer checks each event
+    against): its ``data`` line(s), and the ``event`` name when it has one."""
+    return {"type": "object", "description": description, "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
+                           "retry": {"type": "integer"}}}
+
+
 def success(model: type[BaseModel], *, stream: str | None = None) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entry for a 200 that is ``model`` as JSON, or (``stream``) server-sent events
     when the request sets ``stream: true``."""
     entry: dict[str, Any] = {"model": model, "description": "Successful Response"}
     if stream:
-        entry["content"] = {SSE: {"schema": {"type": "string", "description": stream}}}
+        entry["content"] = {SSE: {"schema": sse_event(stream)}}
     return {200: entry}
 
 
@@ -64,6 +72,8 @@ def install(app: FastAPI) -> None:
 
 def api_routes(app: FastAPI) -> list[Any]:
     """The app's API routes as the schema sees them (with their routers' prefixes and dependencies)."""
+    if not hasattr(routing, "iter_route_contexts"):  # FastAPI before 0.160 (the vLLM venv's): routes are flat
+        return [r for r in app.routes if isinstance(r, routing.APIRoute) and r.include_in_schema]
     return [rc for rc in routing.iter_route_contexts(app.routes)
             if isinstance(rc.original_route, routing.APIRoute) and rc.include_in_schema]
 
@@ -100,6 +110,7 @@ def truthful(schema: dict[str, Any], app: FastAPI) -> dict[str, Any]:
             for status in sorted(documented_errors(route)):
                 responses.setdefault(str(status), {"description": DESCRIPTIONS[status],
                                                    "content": {"application/json": {"schema": ERROR_REF}}})
+            operation["responses"] = dict(sorted(responses.items()))
     text = repr(schema["paths"])
     for name in ("HTTPValidationError", "ValidationError"):
         if f"#/components/schemas/{name}'" not in text:

@@ -13,6 +13,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -171,10 +172,6 @@ class ResponseFormat(Strict):
 # Parameters the OpenAI API defines that no engine honours yet: accepted only at their default,
 # anything else is a 400 that names the parameter (never silently ignored).
 UNSUPPORTED_UNLESS_DEFAULT: dict[str, Any] = {
-    "n": 1,
-    "logprobs": False,
-    "top_logprobs": None,
-    "logit_bias": None,
     "functions": None,
     "function_call": None,
     "audio": None,
@@ -183,7 +180,6 @@ UNSUPPORTED_UNLESS_DEFAULT: dict[str, Any] = {
     "reasoning_effort": None,
     "web_search_options": None,
     "store": False,
-    "echo": False,
     "best_of": None,
     "suffix": None,
 }
@@ -207,11 +203,10 @@ class SamplingFields(Strict):
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    n: int = Field(1, ge=1, le=128, description="choices to generate (each its own sequence; seed + i for choice i)")
+    logit_bias: dict[str, float] | None = Field(
+        None, description="token id -> bias in -100..100 added to its logit (-100 bans, 100 forces)")
     # known but not honoured yet
-    n: int = Field(1, ge=1, le=128)
-    logprobs: bool | int | None = False
-    top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
@@ -237,6 +232,16 @@ class SamplingFields(Strict):
             raise ValueError("stream_options is only allowed when stream is true")
         return self
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"{key!r} is not a token id")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"the bias of token {key} must be between -100 and 100")
+        return value
+
     def unsupported(self) -> str | None:
         """The first known-but-unsupported parameter set to a non-default value."""
         for name, default in UNSUPPORTED_UNLESS_DEFAULT.items():
@@ -255,11 +260,22 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ToolDef] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    logprobs: bool = Field(False, description="return the log-probability of each output token")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: the likeliest tokens at each position")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("logprobs must be true when top_logprobs is set")
+        return value
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20, description="log-probabilities of the output tokens and of "
+                                 "this many likeliest tokens at each position")
+    echo: bool = Field(False, description="the prompt before the completion (with logprobs: the prompt's too)")
     best_of: int | None = None
     suffix: str | None = None
 
@@ -304,11 +320,25 @@ class AssistantMessage(_OptionalToolCalls):
     tool_calls: list[ToolCallOut] | None = None  # left out when there are none
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobInfo(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobInfo] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length", "tool_calls"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -351,7 +381,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: Literal["stop", "length", "tool_calls"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -396,10 +426,19 @@ class ErrorResponse(BaseModel):
 
 
 # -- operations: completions, embeddings, tokenize (vLLM's shapes) -----------------------------------
+class CompletionLogprobs(BaseModel):
+    """The legacy shape: per token its text, logprob, likeliest alternatives and text offset."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 

@@ -26,6 +26,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmserve.batch.dispatch import internal_call
 from llmserve.errors import Overloaded, RateLimited
 from llmserve.server.auth import Identity, require_api_key
 from llmserve.server.deps import get_rate_limiter
@@ -185,6 +186,8 @@ async def metered(limiter: RateLimiter, identity: Identity, prompt_tokens: int,
 async def rate_limit(conn: HTTPConnection) -> Quota:
     """FastAPI dependency for generation routes: authenticates, then admits or raises 429."""
     identity = getattr(conn.state, "identity", None) or await require_api_key(conn)
+    if internal_call(conn.scope) is not None:
+        return Quota()  # batch lines: the batch's own budget, not the key's live limits (as OpenAI)
     quota = await get_rate_limiter(conn).admit(identity)
     setattr(conn.state, STATE_KEY, quota)
     if quota.blocked_by is not None:
@@ -197,7 +200,7 @@ def meter(conn: HTTPConnection, prompt_tokens: int, deltas: AsyncIterator[Delta]
     """Wraps a request's deltas so its tokens are charged to the caller (a no-op without a token limit)."""
     identity: Identity | None = getattr(conn.state, "identity", None)
     limiter = get_rate_limiter(conn)
-    if identity is None or not limiter.counts_tokens(identity):
+    if identity is None or not limiter.counts_tokens(identity) or internal_call(conn.scope) is not None:
         return deltas
     return metered(limiter, identity, prompt_tokens, deltas)
 

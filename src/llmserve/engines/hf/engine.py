@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 from contextlib import aclosing
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
+from llmserve.engines.transformers_check import check_transformers_model
 from llmserve.engines.hf.model import LoadedModel, load
 from llmserve.engines.hf.scheduler import Scheduler
 from llmserve.engines.hftok import HFTokenizing
@@ -22,7 +24,7 @@ from llmserve.types import ALL_SAMPLING, Capabilities, Delta, EngineStats, Gener
 
 logger = logging.getLogger(__name__)
 
-SAMPLING = ALL_SAMPLING  # every SamplingParams field is honoured
+SAMPLING = ALL_SAMPLING - {"prompt_logprobs"}  # every SamplingParams field but prompt logprobs (echo)
 
 
 class HFEngine(Engine):
@@ -35,6 +37,11 @@ class HFEngine(Engine):
         self.scheduler: Scheduler | None = None
         self.grammars: GrammarCompiler | None = None
         self._bridge = LoopBridge()
+
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """A GGUF transformers can read, or an HF directory with a known config and weights."""
+        check_transformers_model(Path(settings.resolved_path()), "hf")
 
     async def start(self) -> None:
         self._bridge.bind()
@@ -140,7 +147,8 @@ class HFEngine(Engine):
         return Capabilities(sampling=SAMPLING, max_context=self.loaded.max_context,
                             special_tokens=self.tokens.special_tokens, max_token_chars=self.tokens.max_token_chars,
                             tool_format=self.loaded.template.tool_format.name,
-                            constraints=KINDS | {"trigger"})
+                            constraints=KINDS | {"trigger"},
+                            vocab_size=self.loaded.model.config.get_text_config().vocab_size)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

@@ -1,5 +1,8 @@
 """Per-sequence token choice over one row of logits, with vLLM's meanings.
 
+``logit_bias`` is added to the row first (``biased``); logprobs are taken from that row, before
+penalties and temperature, as vLLM reports them (``logprobs``).
+
 Order: repetition penalty (prompt and output tokens, HF/vLLM style), presence and frequency
 penalties (output tokens, OpenAI style), then greedy argmax, or temperature, top-k, top-p,
 min-p and a draw from the sequence's own seeded generator.
@@ -9,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from llmserve.types import SamplingParams
+from llmserve.types import FORBIDDEN_LOGPROB, SamplingParams
+
+MAX_TOP = 20
 
 
 class Sampler:
@@ -29,11 +34,36 @@ class Sampler:
         )
         self._seen = torch.tensor(sorted(set(prompt)), dtype=torch.long) if self._penalised else None
         self._output: list[int] = []
+        self._bias = None
+        if params.logit_bias:
+            ids, values = zip(*params.logit_bias)
+            self._bias = torch.tensor(ids, dtype=torch.long), torch.tensor(values, dtype=torch.float32)
 
     @property
     def trivial(self) -> bool:
-        """Plain greedy: the batch can take one argmax for all such rows."""
-        return self.params.greedy and not self._penalised
+        """Plain greedy on the raw row, no logprobs: the batch can take one argmax for all such rows."""
+        return self.params.greedy and not self._penalised and self._bias is None and self.params.logprobs is None
+
+    def biased(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with ``logit_bias`` added (a copy; the row itself when there is none)."""
+        if self._bias is None:
+            return logits
+        logits = logits.clone()
+        logits[self._bias[0]] += self._bias[1]
+        return logits
+
+    def logprobs(self, logits: torch.Tensor, token: int) -> tuple[float, list[tuple[int, float]]]:
+        """The log-probability of ``token`` under the (biased) row, and the ``params.logprobs``
+        likeliest tokens with theirs, most likely first; forbidden tokens have FORBIDDEN_LOGPROB."""
+        lp = torch.log_softmax(logits, dim=-1)
+
+        def value(x: float) -> float:
+            return x if x != float("-inf") else FORBIDDEN_LOGPROB
+
+        k = min(self.params.logprobs or 0, MAX_TOP, lp.numel())
+        top = torch.topk(lp, k) if k else None
+        alternatives = list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []
+        return value(float(lp[token])), [(t, value(v)) for t, v in alternatives]
 
     def accept(self, token: int) -> None:
         if self._penalised:

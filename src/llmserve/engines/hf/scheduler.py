@@ -10,6 +10,7 @@ attention (sliding windows) cannot merge rows: newcomers then wait until the bat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from llmserve.engines.hf.sampling import Sampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
 from llmserve.errors import EngineError, LLMServeError
 from llmserve.structured import GrammarViolation, Guide, MaskBatch
-from llmserve.types import Delta, FinishReason, Usage
+from llmserve.types import Delta, FinishReason, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self.can_merge = mergeable(new_cache(loaded.model.config))
         self._running: list[Sequence] = []  # row i of self._kv belongs to self._running[i]
         self._kv: KVBatch | None = None
+        self._pieces: dict[int, bytes] = {}  # token id -> its bytes, for logprobs
         self._masks = MaskBatch(n_slots, loaded.model.config.get_text_config().vocab_size)
 
     def stop(self) -> None:
@@ -141,8 +143,13 @@ class Scheduler(WorkerLoop[Sequence]):
         self._apply_masks(logits, seqs)
         greedy = logits.argmax(-1).tolist()
         for row, seq in enumerate(seqs):
-            token = greedy[row] if seq.sampler.trivial else seq.sampler.sample(logits[row])
-            out.append((seq, self._advance(seq, token)))
+            sampler = seq.sampler
+            if sampler.trivial:
+                out.append((seq, self._advance(seq, greedy[row])))
+                continue
+            biased = sampler.biased(logits[row])
+            token = sampler.sample(biased)
+            out.append((seq, self._with_logprobs(seq, biased, token, self._advance(seq, token))))
         if any(seq.pending is None for seq in self._running):
             self._keep([i for i, seq in enumerate(self._running) if seq.pending is not None])
 
@@ -187,6 +194,21 @@ class Scheduler(WorkerLoop[Sequence]):
             return Delta(text + seq.detok.flush(), (token,), FinishReason.LENGTH, self._usage(seq))
         seq.pending = token
         return Delta(text, (token,))
+
+    def _with_logprobs(self, seq: Sequence, row: torch.Tensor, token: int, delta: Output) -> Output:
+        """``delta`` with the sampled token's logprob record, when the request asked for them."""
+        if seq.request.sampling.logprobs is None or not isinstance(delta, Delta) or (
+                delta.finish_reason is FinishReason.STOP and not delta.text and token in self.m.eos_ids):
+            return delta
+        lp, top = seq.sampler.logprobs(row, token)
+        record = TokenLogprob(token, self._piece(token), lp, tuple(TokenLogprob(t, self._piece(t), v) for t, v in top))
+        return dataclasses.replace(delta, logprobs=(record,))
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.m.tokenizer.decode([token]).encode("utf-8")
+        return piece
 
     @staticmethod
     def _usage(seq: Sequence, extra: int = 0) -> Usage:

@@ -19,7 +19,8 @@ from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.scheduler import Scheduler
 from llmserve.engines.llamacpp.sizing import KVPlan, physical_memory, plan
 from llmserve.engines.worker import LoopBridge
-from llmserve.errors import EngineError, InvalidRequest, ModelLoading
+from llmserve.errors import EngineError, InvalidModel, InvalidRequest, ModelLoading, ModelNotFound
+from llmserve.models import model_kind
 from llmserve.settings import ModelSettings
 from llmserve.structured import KINDS, GrammarCompiler
 from llmserve.types import ALL_SAMPLING, Capabilities, Delta, EngineStats, GenerationRequest, Message
@@ -46,6 +47,30 @@ class LlamaCppEngine(Engine):
         self._special_tokens: frozenset[str] = frozenset()
         self._max_token_chars: int | None = None
         self.adapters: AdapterSet | None = None
+
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """The path is a GGUF whose architecture llama.cpp knows and whose tensors are all in the
+        file (llama.cpp reads its vocabulary and checks every tensor's bounds; no weights load),
+        and there is a chat template (unless it is an embedding model)."""
+        path = Path(settings.resolved_path())
+        if model_kind(path) == "hf":
+            raise InvalidModel(f"{path} is a Hugging Face model directory; the llamacpp engine loads GGUF files: "
+                               "serve it with --engine hf (pip install -r requirements/hf.txt), or convert it to GGUF")
+        if settings.chat_template and not Path(settings.chat_template).is_file():
+            raise ModelNotFound(f"chat template file not found: {settings.chat_template}")
+        llama_log = logging.getLogger("llama_cpp")
+        propagate, llama_log.propagate = llama_log.propagate, False  # the reason goes into the error
+        try:
+            model = LlamaModel(path, vocab_only=True)
+        finally:
+            llama_log.propagate = propagate
+        try:
+            embedding = settings.options.get("embedding") or model_pooling(model) is not None
+            if not (embedding or settings.chat_template or model.chat_template()):
+                raise InvalidModel(f"{path} has no chat template in its metadata; pass --chat-template FILE")
+        finally:
+            model.close()
 
     async def start(self) -> None:
         self._bridge.bind()
@@ -204,7 +229,7 @@ class LlamaCppEngine(Engine):
         return Capabilities(sampling=SAMPLING, max_context=self.ctx.n_ctx_seq if self.ctx else 0,
                             special_tokens=self._special_tokens, max_token_chars=self._max_token_chars,
                             tool_format=self.template.tool_format.name if self.template else None,
-                            constraints=KINDS | {"trigger"})
+                            constraints=KINDS | {"trigger"}, vocab_size=self.model.n_vocab if self.model else 0)
 
     def stats(self) -> EngineStats:
         s = self.scheduler

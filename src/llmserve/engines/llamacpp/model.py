@@ -9,7 +9,7 @@ from pathlib import Path
 
 import llama_cpp as ll
 
-from llmserve.errors import EngineError, ModelNotFound
+from llmserve.errors import EngineError, InvalidModel, ModelNotFound
 
 logger = logging.getLogger(__name__)
 # ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continuation
@@ -24,10 +24,29 @@ def _log_to_python(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         logging.getLogger("llama_cpp").log(_GGML_LEVELS.get(level, logging.DEBUG), "%s", msg)
 
 
-class LlamaModel:
-    """A loaded GGUF model with its vocabulary. Tokenization is thread-safe (read-only)."""
+class _LoadErrors(logging.Handler):
+    """Collects llama.cpp's error lines while a model loads, to say why it failed."""
 
-    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def reason(self) -> str:
+        """'unknown model architecture: ...', 'tensor ... is not within the file bounds ...'."""
+        said = [line.split("error loading model: ", 1)[-1] for line in self.lines]
+        useful = [s for s in said if "failed to load model" not in s]
+        return (useful or said or ["no reason given"])[0]
+
+
+class LlamaModel:
+    """A loaded GGUF model with its vocabulary. Tokenization is thread-safe (read-only).
+    ``vocab_only``: the vocabulary and hyperparameters only, no weights (a quick check that
+    llama.cpp can load the file: its architecture is known, its tensors are all there)."""
+
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0, vocab_only: bool = False):
         path = Path(path)
         if not path.is_file():
             raise ModelNotFound(f"model file not found: {path}")
@@ -35,9 +54,15 @@ class LlamaModel:
         ll.llama_backend_init()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
-        self._model = ll.llama_model_load_from_file(str(path).encode(), params)
+        params.vocab_only = vocab_only
+        errors, llama_log = _LoadErrors(), logging.getLogger("llama_cpp")
+        llama_log.addHandler(errors)
+        try:
+            self._model = ll.llama_model_load_from_file(str(path).encode(), params)
+        finally:
+            llama_log.removeHandler(errors)
         if not self._model:
-            raise EngineError(f"llama.cpp could not load {path} (not a GGUF model?)")
+            raise InvalidModel(f"llama.cpp cannot load {path}: {errors.reason()}")
         self.vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self._model)

@@ -59,11 +59,20 @@ class SequenceSampler:
         self.inv_temp = 0.0 if params.greedy else 1.0 / params.temperature
         self.rng = np.random.default_rng(None if params.seed is None else params.seed & 0xFFFFFFFFFFFFFFFF)
         self.chain = None if plain else _chain(params, n_vocab=n_vocab, penalty_window=penalty_window)
+        self.bias = _bias(params)
 
     def close(self) -> None:
         if self.chain is not None:
             ll.llama_sampler_free(self.chain)
             self.chain = None
+
+
+def _bias(params: SamplingParams) -> tuple[np.ndarray, np.ndarray] | None:
+    """``logit_bias`` as (token ids, values) to add to a logits row, or None."""
+    if not params.logit_bias:
+        return None
+    ids, values = zip(*params.logit_bias)
+    return np.array(ids, np.intp), np.array(values, np.float32)
 
 
 def draw(probs: np.ndarray, targets: np.ndarray) -> list[int]:
@@ -100,6 +109,8 @@ class BatchSampler:
         tokens = [0] * len(items)
         draws: list[int] = []
         for i, (sampler, idx) in enumerate(items):
+            if sampler.bias is not None:  # in place: the chain, and logprobs later, read it there
+                self.logits(ctx, idx)[sampler.bias[0]] += sampler.bias[1]
             if sampler.chain is not None:
                 tokens[i] = ll.llama_sampler_sample(sampler.chain, ctx, idx)
             elif sampler.greedy:

@@ -15,6 +15,7 @@ now wait until that prefix is in the cache, then share its cells instead of pref
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,12 +25,13 @@ import llama_cpp as ll
 from llmserve.engines.llamacpp.adapters import AdapterSet, LoadedAdapter
 from llmserve.engines.llamacpp.budget import PrefillBudget
 from llmserve.engines.llamacpp.kvcache import Ledger, Slot, common_prefix
+from llmserve.engines.llamacpp.logprobs import LogprobRecorder
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.sampler import BatchSampler, SequenceSampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
 from llmserve.errors import EngineError, LLMServeError, Overloaded
 from llmserve.structured import GrammarViolation, Guide, MaskBatch, apply_bitmask
-from llmserve.types import Delta, FinishReason, Usage
+from llmserve.types import PRIORITY_LIVE, Delta, FinishReason, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
 # a waiting prompt whose prefix this much longer than what the cache holds is being prefilled for
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 MIN_DEFER = 32
 # cells a request needs free beyond its uncached prompt to be admitted (its first tokens)
 HEADROOM = 16
+# background (batch) sequences wait this long after the last live request before they run again, so
+# a steady stream of live requests is not slowed by batch work flapping in between them
+LIVE_LINGER_S = 0.2
 LLAMA_NO_KV_SLOT = 1  # llama_decode: no KV slot for the batch (nothing was decoded)
 
 
@@ -53,6 +58,11 @@ class Sequence(Queued):
     guide: Guide | None = None  # structured output: masks this sequence's tokens
     lora: LoadedAdapter | None = None  # the LoRA adapter it decodes under (None: the base model)
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    n_resumed: int = 0  # generated tokens moved into the prompt by pauses (see _yield_to_live)
+    cached_at_start: int | None = None  # n_cached of the first admission, once paused
+    # prompt logprobs (echo): records so far, and the batch index of this step's first prompt token
+    prompt_lp: list[TokenLogprob | None] | None = None
+    prompt_row: int = -1
 
     @property
     def to_prefill(self) -> int:
@@ -76,8 +86,10 @@ class Scheduler(WorkerLoop[Sequence]):
         self.prefilled = 0  # prompt tokens decoded so far (the rest came from the cache)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._sampler = BatchSampler(model.n_vocab, n_slots)
+        self._logprobs = LogprobRecorder(model.n_vocab, model.piece)
         self._masks = MaskBatch(n_slots, model.n_vocab)  # one row per slot
         self.adapters = adapters or AdapterSet(model, ctx)
+        self._live_seen = float("-inf")  # when a live request was last waiting or running
 
     def stop(self) -> None:
         super().stop()
@@ -88,13 +100,19 @@ class Scheduler(WorkerLoop[Sequence]):
     def _step(self) -> None:
         out: list[tuple[Sequence, Output]] = []
         self._reap(out)
+        self._yield_to_live()
         self._admit()
         self._make_room_to_grow(out)
-        for adapter in self._adapter_groups():
+        ran = False
+        for adapter in self._adapter_groups():  # LoRA: one decode per adapter (the base is one)
             decoding, prefill = self._fill_batch(adapter)
             if decoding or prefill:
                 self.adapters.apply(adapter)
                 self._decode(decoding, prefill, out)
+                ran = True
+        if not ran and self._waiting:  # only held-back batch work: sleep until a request comes or the hold ends
+            with self._cv:
+                self._cv.wait(LIVE_LINGER_S / 4)
         if out:
             self.emit(out)
 
@@ -108,13 +126,15 @@ class Scheduler(WorkerLoop[Sequence]):
     def _admit(self) -> None:
         """Waiting requests take idle slots in arrival order while their cells fit; a request
         that waits for a prefix being prefilled right now lets the ones behind it pass."""
-        for seq in list(self._waiting):
+        for seq in self._admissible():
             if not any(s.seq is None for s in self.slots):
                 return
             donor, shared = self.kv.longest_prefix(seq.prompt, seq.lora)
             if self._prefix_coming(seq, shared):
                 continue
             keep = min(shared, len(seq.prompt) - 1)  # the last prompt token is decoded again for its logits
+            if seq.request.sampling.prompt_logprobs is not None:
+                keep = 0  # prompt logprobs need the logits of every prompt position
             slot = self._slot_for(donor, keep)
             if slot is not donor:
                 self.kv.clear(slot)  # the least recently used idle prefix: the first to go in any case
@@ -131,8 +151,9 @@ class Scheduler(WorkerLoop[Sequence]):
             slot.adapter = seq.lora  # an empty slot, a donor of the same adapter, or a prefix shared from one
             seq.n_prefilled = seq.n_cached = keep
             self.kv.reserved += seq.to_prefill
-            seq.sampler = SequenceSampler(seq.request.sampling, n_vocab=self.model.n_vocab,
-                                          penalty_window=self.ctx.n_ctx_seq)
+            if seq.sampler is None:  # a resumed sequence keeps its own (its RNG and penalty history)
+                seq.sampler = SequenceSampler(seq.request.sampling, n_vocab=self.model.n_vocab,
+                                              penalty_window=self.ctx.n_ctx_seq)
             self._started([seq])
 
     def _slot_for(self, donor: Slot | None, keep: int) -> Slot:
@@ -166,7 +187,8 @@ class Scheduler(WorkerLoop[Sequence]):
         if not self.kv.unified:
             return len(seq.prompt) + 1 <= self.kv.capacity
         growing = sum(1 for s in self.slots if s.seq is not None)  # each running sequence grows a cell a step
-        want = min(HEADROOM, seq.request.sampling.max_tokens or HEADROOM)
+        # a few cells to answer in, never more than it may use: a prompt that fits alone fits
+        want = min(HEADROOM, seq.request.sampling.max_tokens or HEADROOM, self.kv.capacity - len(seq.prompt))
         return self.kv.make_room(len(seq.prompt) - keep + want + growing, keep=keep_cached)
 
     def _make_room_to_grow(self, out: list[tuple[Sequence, Output]]) -> None:
@@ -228,8 +250,10 @@ class Scheduler(WorkerLoop[Sequence]):
             budget -= len(chunk)
             last = seq.n_prefilled + len(chunk) == len(seq.prompt)
             base = len(slot.tokens)
+            every = seq.request.sampling.prompt_logprobs is not None
+            seq.prompt_row = n
             for i, token in enumerate(chunk):
-                add(token, base + i, slot.seq_id, last and i == len(chunk) - 1)
+                add(token, base + i, slot.seq_id, every or (last and i == len(chunk) - 1))
             prefill.append((seq, len(chunk), n - 1 if last else -1))
         batch.n_tokens = n
         return decoding, prefill
@@ -241,6 +265,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self.steps += 1
         self.kv.decoded()
         if rc != 0:
+            self._masks.wait()
             self._decode_failed(rc, decoding, prefill, out)
             return
         self.budget.record(len(decoding), sum(length for _, length, _ in prefill), time.perf_counter() - t0)
@@ -256,10 +281,12 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.n_prefilled += length
             if idx >= 0:
                 sample.append((seq, idx))
+            if seq.request.sampling.prompt_logprobs is not None:
+                self._score_prompt(seq, length)
         self._apply_masks(sample)
         tokens = self._sampler.sample(self.ctx.ptr, [(seq.sampler, idx) for seq, idx in sample])
-        for (seq, _), token in zip(sample, tokens):
-            out.append((seq, self._advance(seq, token)))
+        for (seq, idx), token in zip(sample, tokens):
+            out.append((seq, self._with_logprobs(seq, idx, token, self._advance(seq, token))))
 
     def _decode_failed(self, rc: int, decoding, prefill, out: list[tuple[Sequence, Output]]) -> None:
         """The ledger keeps llama.cpp from running out of cells, so this is a bug or a foreign
@@ -280,6 +307,31 @@ class Scheduler(WorkerLoop[Sequence]):
                      else EngineError(f"llama_decode failed ({rc})"))
             out.append((seq, error))
             self._release(seq.slot)
+
+    # -- logprobs: only for the sequences that asked ------------------------------------------
+    def _score_prompt(self, seq: Sequence, length: int) -> None:
+        """Records the logprobs of the prompt tokens this step's chunk (just decoded) predicts."""
+        if seq.prompt_lp is None:
+            seq.prompt_lp = [None]  # the first prompt token has nothing before it
+        start = seq.n_prefilled - length  # prompt position of the chunk's first token
+        k = seq.request.sampling.prompt_logprobs
+        for j in range(length):
+            nxt = start + j + 1
+            if nxt < len(seq.prompt):
+                row = self._sampler.logits(self.ctx.ptr, seq.prompt_row + j)
+                seq.prompt_lp.append(self._logprobs.record(row, seq.prompt[nxt], k))
+
+    def _with_logprobs(self, seq: Sequence, idx: int, token: int, output: Output) -> Output:
+        """The step's output with the sampled token's logprobs (and, first, the prompt's)."""
+        k = seq.request.sampling.logprobs
+        if (k is None and seq.prompt_lp is None) or not isinstance(output, Delta):
+            return output
+        extra = {}
+        if k is not None and not (self.model.is_eog(token) and output.finish_reason is FinishReason.STOP):
+            extra["logprobs"] = (self._logprobs.record(self._sampler.logits(self.ctx.ptr, idx), token, k),)
+        if seq.prompt_lp is not None:
+            extra["prompt_logprobs"], seq.prompt_lp = tuple(seq.prompt_lp), None
+        return dataclasses.replace(output, **extra)
 
     # -- structured output: masks for the constrained sequences of a step ------------------------
     def _start_masks(self, decoding, prefill) -> None:
@@ -333,7 +385,8 @@ class Scheduler(WorkerLoop[Sequence]):
     @staticmethod
     def _usage(seq: Sequence, extra: int = 0) -> Usage:
         """``extra`` counts an end-of-generation token, which vLLM counts as generated too."""
-        return Usage(len(seq.prompt), len(seq.generated) + extra, seq.n_cached)
+        cached = seq.n_cached if seq.cached_at_start is None else seq.cached_at_start
+        return Usage(len(seq.prompt) - seq.n_resumed, len(seq.generated) + seq.n_resumed + extra, cached)
 
     def _finish(self, seq: Sequence, delta: Delta) -> Delta:
         self._release(seq.slot)
@@ -354,6 +407,57 @@ class Scheduler(WorkerLoop[Sequence]):
             seq.sampler.close()
             seq.sampler = None
         self._forget(seq, waiting=False)
+
+    # -- low priority: background sequences (batch lines) yield their slots to live requests -----------
+    def _admissible(self) -> list[Sequence]:
+        """The waiting requests in the order they may be admitted: live ones first, in arrival
+        order; background ones (lowest priority value first) only while no live request is about
+        (see ``_yield_to_live``)."""
+        live = [seq for seq in self._waiting if seq.request.priority == PRIORITY_LIVE]
+        if live or time.monotonic() - self._live_seen < LIVE_LINGER_S:
+            return live
+        return sorted(self._waiting, key=lambda s: s.request.priority)
+
+    def _yield_to_live(self) -> None:
+        """Background sequences run only on what live traffic leaves. On a CPU every sequence in a
+        step slows the step for all (a step of 8 costs ~3x a step of 2), so while a live request
+        waits or runs, every background sequence is paused: a live request waits at most this
+        one step behind batch work and streams as fast as on an idle server. Batch work resumes
+        ``LIVE_LINGER_S`` after the last live request, and keeps every slot busy while idle."""
+        live = any(seq.request.priority == PRIORITY_LIVE for seq in self._waiting) or any(
+            slot.seq is not None and slot.seq.request.priority == PRIORITY_LIVE for slot in self.slots)
+        if not live:
+            return
+        self._live_seen = time.monotonic()
+        for slot in self.slots:
+            if slot.seq is not None and slot.seq.request.priority > PRIORITY_LIVE:
+                self._pause(slot)
+
+    def _pause(self, slot: Slot) -> None:
+        """Takes a sequence off its slot and queues it again, its prompt now the original prompt plus
+        the tokens generated so far (the last one sampled and streamed but not decoded yet). The
+        slot's KV keeps that prefix (prefix reuse makes the resume cheap if the slot is still
+        free), and the sequence keeps its sampler and decoder: its stream continues seamlessly."""
+        seq = slot.seq
+        slot.seq, seq.slot = None, None
+        self.kv.touch(slot)
+        self.kv.reserved -= seq.to_prefill
+        if seq.cached_at_start is None:
+            seq.cached_at_start = seq.n_cached
+        done = tuple(seq.generated)
+        sampling = seq.request.sampling
+        if sampling.max_tokens is not None:
+            sampling = dataclasses.replace(sampling, max_tokens=sampling.max_tokens - len(done))
+        seq.request = dataclasses.replace(seq.request, prompt_tokens=seq.request.prompt_tokens + done,
+                                          sampling=sampling)
+        seq.n_resumed += len(done)
+        seq.generated = []
+        seq.pending = None
+        with self._cv:
+            self.n_running -= 1
+            self.n_waiting += 1
+        self._waiting.append(seq)
+        logger.debug("paused background request %s after %d tokens", seq.request.request_id, seq.n_resumed)
 
     def _fail_running(self, error: LLMServeError) -> list[tuple[Sequence, Output]]:
         out: list[tuple[Sequence, Output]] = []

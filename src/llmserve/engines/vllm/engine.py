@@ -14,6 +14,7 @@ given, at least 16), ``max_loras`` (adapters in one batch, default: those given,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -33,9 +34,11 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
+from llmserve.engines.transformers_check import check_transformers_model
 from llmserve.engines.hftok import HFTokenizing
 from llmserve.engines.vllm.convert import hf_dir_for
-from llmserve.errors import EngineError, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
+from llmserve.engines.vllm.logprobs import records
+from llmserve.errors import EngineError, InvalidModel, InvalidRequest, LLMServeError, ModelLoading, Overloaded, QueueTimeout
 from llmserve.settings import ModelSettings
 from llmserve.structured import KINDS
 from llmserve.types import (
@@ -87,6 +90,9 @@ def to_vllm(params: SamplingParams, max_tokens: int, constraint: Constraint | No
         frequency_penalty=params.frequency_penalty,
         repetition_penalty=params.repetition_penalty,
         ignore_eos=params.ignore_eos,
+        logprobs=params.logprobs,
+        prompt_logprobs=params.prompt_logprobs,
+        logit_bias=dict(params.logit_bias) or None,
         output_kind=RequestOutputKind.DELTA,
         skip_special_tokens=False,
     )
@@ -103,6 +109,18 @@ class VLLMEngine(Engine):
         self._started: dict[str, bool] = {}  # in flight: request id -> has produced output
         self.loras: dict[str, LoRARequest] = {}  # served adapter name -> vLLM's request for it
         self._next_lora_id = 1
+
+    @classmethod
+    def preflight(cls, settings: ModelSettings) -> None:
+        """What ``check_transformers_model`` checks, and an architecture vLLM implements."""
+        path = Path(settings.resolved_path())
+        config = check_transformers_model(path, "vllm")
+        archs = list(getattr(config, "architectures", None) or [])
+        if archs:
+            from vllm import ModelRegistry
+
+            if not set(archs) & set(ModelRegistry.get_supported_archs()):
+                raise InvalidModel(f"{path}: vLLM does not implement {', '.join(archs)}")
 
     async def start(self) -> None:
         s, opts = self.settings, self.settings.options
@@ -244,7 +262,7 @@ class VLLMEngine(Engine):
                 finished = out.finished
                 reason = _FINISH.get(comp.finish_reason or "", FinishReason.STOP) if finished else None
                 usage = Usage(n_prompt, n_out, out.num_cached_tokens or 0) if finished else None
-                yield Delta(comp.text, tuple(comp.token_ids), reason, usage)
+                yield self._with_logprobs(request, out, Delta(comp.text, tuple(comp.token_ids), reason, usage))
         except (EngineDeadError, EngineGenerateError) as exc:
             finished = True
             raise EngineError(f"vLLM failed: {exc}") from exc
@@ -258,6 +276,23 @@ class VLLMEngine(Engine):
             await stream.aclose()  # vLLM aborts a request whose generator closes unfinished
             if not finished:
                 await llm.abort(rid)
+
+    def _with_logprobs(self, request: GenerationRequest, out, delta: Delta) -> Delta:
+        """vLLM's own logprobs (its default ``raw_logprobs``: the model's, before any processing)."""
+        k, pk = request.sampling.logprobs, request.sampling.prompt_logprobs
+        extra = {}
+        comp = out.outputs[0]
+        if k is not None and comp.logprobs:
+            tokens = list(comp.token_ids)
+            if delta.finish_reason is FinishReason.STOP and tokens and tokens[-1] == self.tokenizer.eos_token_id:
+                tokens = tokens[:-1]  # the end-of-generation token has no text, and no entry
+            extra["logprobs"] = tuple(records(tokens, comp.logprobs, k, self._piece))
+        if pk is not None and out.prompt_logprobs:  # all at once, at the end of prefill (DELTA)
+            extra["prompt_logprobs"] = tuple(records(request.prompt_tokens, out.prompt_logprobs, pk, self._piece))
+        return dataclasses.replace(delta, **extra) if extra else delta
+
+    def _piece(self, token: int) -> bytes:
+        return self.tokenizer.decode([token]).encode("utf-8")
 
     async def abort(self, request_id: str) -> None:
         if self.llm is not None and request_id in self._started:
@@ -286,7 +321,8 @@ class VLLMEngine(Engine):
                                 tool_format=tool_format)
         return Capabilities(sampling=ALL_SAMPLING, max_context=self.max_context, constraints=KINDS,
                             tool_format=tool_format,
-                            special_tokens=self.tokens.special_tokens, max_token_chars=self.tokens.max_token_chars)
+                            special_tokens=self.tokens.special_tokens, max_token_chars=self.tokens.max_token_chars,
+                            vocab_size=len(self.tokenizer))
 
     def stats(self) -> EngineStats:
         if self.llm is None:

@@ -20,15 +20,16 @@ class ModelHealth(BaseModel):
 class HealthStatus(BaseModel):
     """The body of /health, 200 and 503 alike."""
 
-    status: str  # ok | loading | error
+    status: str  # ok | loading | error | draining
     models: dict[str, ModelHealth]
 
 
 @router.get("/health", response_model=HealthStatus,
-            responses={503: {"model": HealthStatus, "description": "A model is still loading, or failed to load"}})
+            responses={503: {"model": HealthStatus, "description": "A model is still loading, failed to load or stalled, or the server is draining (SIGTERM)"}})
 async def health(request: Request) -> JSONResponse:
-    """200 when every model is loaded, 503 while loading, when one failed to load, or when one's
-    engine stalled (work in flight and no step finished for ``--watchdog-timeout`` seconds)."""
+    """200 when every model is loaded, 503 while loading, when one failed to load, when one's
+    engine stalled (work in flight and no step finished for ``--watchdog-timeout`` seconds), or
+    while the server drains for a restart (SIGTERM)."""
     registry = get_registry(request)
     models = {}
     stalled = False
@@ -40,7 +41,10 @@ async def health(request: Request) -> JSONResponse:
         models[name] = {"status": state, "running": stats.running, "waiting": stats.waiting}
         if state == "stalled":
             models[name]["stalled_for_s"] = round(model.stalled_for(), 1)
-    if registry.failures or stalled:
+    drain = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:
+        status, code = "draining", 503  # SIGTERM: balancers stop sending here
+    elif registry.failures or stalled:
         status, code = "error", 503
     elif registry.ready:
         status, code = "ok", 200

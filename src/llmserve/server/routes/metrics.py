@@ -14,5 +14,8 @@ router = APIRouter()
 async def metrics(request: Request) -> Response:
     metrics = get_metrics(request)
     metrics.refresh(get_registry(request).models.values())
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is not None:
+        await jobs.refresh_metrics(metrics)
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

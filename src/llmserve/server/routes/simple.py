@@ -26,7 +26,7 @@ from llmserve.server.deps import get_registry
 from llmserve.server.errors import error_payload
 from llmserve.server.protocol import ChatMessage, Strict
 from llmserve.server.generation import collect, generation_stream
-from llmserve.server.openapi import SSE, errors, success
+from llmserve.server.openapi import SSE, errors, sse_event, success
 from llmserve.server.ratelimit import rate_limit
 from llmserve.server.sse import ClientGone, until_disconnect
 from llmserve.types import Delta, GenerationRequest, SamplingParams, Usage
@@ -81,7 +81,7 @@ class SimpleChatResponse(BaseModel):
     """The answer of ``POST /chat``."""
 
     result: str
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "abort"] | None = None
     model: str
     usage: SimpleUsage | None = None
 
@@ -127,7 +127,7 @@ async def chat(body: SimpleChatRequest, request: Request) -> Response | SimpleCh
 @router.post("/chat_stream", dependencies=[Depends(rate_limit)], response_model=None,
              response_class=StreamingResponse,
              responses={200: {"description": "Server-sent events",
-                              "content": {SSE: {"schema": {"type": "string", "description": STREAM_EVENTS}}}},
+                              "content": {SSE: {"schema": sse_event(STREAM_EVENTS)}}},
                         **errors(404, 503)})
 async def chat_stream(body: SimpleChatRequest, request: Request) -> StreamingResponse:
     """SSE: ``data: {"text": piece}`` per token piece, then ``event: end`` with the finish reason

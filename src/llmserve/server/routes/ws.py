@@ -19,10 +19,10 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
-from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge
+from llmserve.errors import InvalidRequest, LLMServeError, Overloaded, RateLimited, RequestTooLarge, UnsupportedParameter
 from llmserve.server.auth import Identity, require_api_key
 from llmserve.server.body import load_json, parse_off_loop
-from llmserve.server.convert import chat_sampling, to_messages, usage_info
+from llmserve.server.convert import chat_sampling, chat_tools, constraint_of, to_messages, usage_info
 from llmserve.server.deps import get_rate_limiter, get_registry, get_settings
 from llmserve.server.errors import error_payload, error_response, validation_message
 from llmserve.server.protocol import ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, DeltaMessage
@@ -268,11 +268,20 @@ class ChatSession:
 
     async def _generate(self, req_id: str | int, body: dict[str, Any]) -> None:
         request = validated(ChatCompletionRequest, {**body, "stream": True})
+        tools = chat_tools(request)
+        if tools is not None and tools.active:  # this socket streams text; tools live on /v1/chat/completions
+            raise UnsupportedParameter("tools are not supported over the WebSocket; use /v1/chat/completions",
+                                       param="tools")
+        for name, value in (("n", request.n != 1), ("logprobs", request.logprobs)):
+            if value:
+                raise UnsupportedParameter(f"{name} is not supported over the websocket; use /v1/chat/completions",
+                                           param=name)
         await admit(self.websocket, self.identity)
         model = get_registry(self.websocket).get(request.model)
         sampling = chat_sampling(request, model.sampling_defaults)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = await model.aprepare(to_messages(request.messages, model.name), sampling, request_id=completion_id)
+        gen = await model.aprepare(to_messages(request.messages, model.name), sampling, request_id=completion_id,
+                                   constraint=constraint_of(request))
         progress = self.progress.setdefault(str(req_id), [len(gen.prompt_tokens), 0])
         deltas = generation_stream(self.websocket, model, gen)
         logger.info("websocket chat %s: %d prompt tokens", completion_id, len(gen.prompt_tokens))
