@@ -204,30 +204,47 @@ def llama_server() -> Iterator[ThreadServer]:
 @pytest.fixture(scope="session")
 def live_server() -> Iterator[str]:
     """``llmserve serve`` as a subprocess on the bundled model, as a user would run it."""
+    with serve() as (url, _proc):
+        yield url
+
+
+@contextmanager
+def serve(*args: str, timeout: float = 90.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``llmserve serve ARGS`` on a free loopback port, as a user runs it; yields (url, process)."""
     port = free_port()
     env = {**os.environ, "LLMSERVE_THREADS": str(THREADS)}
+    log = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it until the end
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmserve", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "llmserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning", *args],
+        env=env, stdout=subprocess.DEVNULL, stderr=log,
     )
+    proc.log = log
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout
+        while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server exited: {server_log(proc)[-2000:]}")
             try:
                 if httpx.get(url + "/health").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
             time.sleep(0.1)
-        else:
-            raise TimeoutError("live server did not start")
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        log.close()
+
+
+def server_log(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read().decode("utf-8", "replace")

@@ -49,7 +49,7 @@ def test_toml_config_and_repeatable_api_key(tmp_path):
 
 
 def test_bad_values_are_clear_errors(tmp_path, capsys):
-    assert main(["serve", "--parallel", "0"]) == 2
+    assert main(["serve", "--parallel", "-1"]) == 2
     assert "parallel" in capsys.readouterr().err
     assert main(["serve", "--config", str(tmp_path / "missing.yaml")]) == 2
     with pytest.raises(SystemExit):

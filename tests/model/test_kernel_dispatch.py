@@ -3,33 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from llmserve.engines.llamacpp import dispatch, kernels
-from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
-from tests.model.test_q4_1_tiles import decode_logits
-
-
-@pytest.fixture(scope="module")
-def model(bundled_path) -> Iterator[LlamaModel]:
-    m = LlamaModel(bundled_path)
-    yield m
-    m.close()
-
-
-@pytest.fixture()
-def ctx(model) -> Iterator[LlamaContext]:
-    c = LlamaContext(model, n_ctx=2048, n_seq=8, n_batch=512, n_threads=1)
-    yield c
-    c.close()
-
-
-@pytest.fixture()
-def tiles_restored() -> Iterator[None]:
-    yield
-    kernels.set_q4_1_tiles(True)
+# the bundled model, a one-thread context and the tiles switched back on after each test: as there
+from tests.model.test_q4_1_tiles import ctx, decode_logits, model, tiles_restored  # noqa: F401
 
 
 def test_mask_follows_the_faster_kernel_per_rung():

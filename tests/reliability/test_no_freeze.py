@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.reliability.conftest import serve
+from tests.conftest import serve
 
 pytestmark = pytest.mark.reliability
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import serve
+from tests.conftest import serve
 
 pytestmark = pytest.mark.reliability
 

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.reliability.conftest import serve
+from tests.conftest import serve
 
 pytestmark = pytest.mark.reliability
 
