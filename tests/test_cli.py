@@ -18,7 +18,14 @@ def settings_for(argv: list[str]) -> Settings:
 
 def test_defaults():
     s = settings_for(["serve"])
-    assert (s.host, s.port, s.engine, s.parallel) == ("127.0.0.1", 8000, "llamacpp", 8)
+    assert (s.host, s.port, s.engine, s.parallel, s.kv_split) == ("127.0.0.1", 8000, "llamacpp", 0, False)
+    assert s.model_list()[0].slots() == 8  # engines without their own sizing: 8 slots
+
+
+def test_a_yes_no_flag_alone_means_yes():
+    assert settings_for(["serve", "--kv-split"]).kv_split is True
+    assert settings_for(["serve", "--kv-split", "false"]).kv_split is False
+    assert settings_for(["serve", "--web-ui", "false"]).web_ui is False
 
 
 def test_flags_env_and_config_precedence(tmp_path, monkeypatch):
@@ -42,7 +49,7 @@ def test_toml_config_and_repeatable_api_key(tmp_path):
 
 
 def test_bad_values_are_clear_errors(tmp_path, capsys):
-    assert main(["serve", "--parallel", "0"]) == 2
+    assert main(["serve", "--parallel", "-1"]) == 2
     assert "parallel" in capsys.readouterr().err
     assert main(["serve", "--config", str(tmp_path / "missing.yaml")]) == 2
     with pytest.raises(SystemExit):

@@ -300,8 +300,8 @@ class AsyncChatModel:
     def fan_out(self, request: GenerationRequest, n: int) -> list[GenerationRequest]:
         """The ``n`` engine requests of one call with ``n`` choices (see ``llmserve.fanout``).
         ``n`` beyond the engine's slots could never run together: InvalidRequest."""
-        if n > self.settings.parallel:
-            raise InvalidRequest(f"n is {n}, but model {self.name!r} runs at most {self.settings.parallel} "
+        if n > self.settings.slots():
+            raise InvalidRequest(f"n is {n}, but model {self.name!r} runs at most {self.settings.slots()} "
                                  "sequences at once (--parallel)", param="n")
         return fan_out(request, n)
 

@@ -69,14 +69,15 @@ class ModelSettings(BaseModel):
     name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")
     engine: EngineName = Field("llamacpp", description="Inference engine.")
     path: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
-    ctx_size: int = Field(0, ge=0, description="Total KV-cache context in tokens, split across --parallel slots as llama-server does (0: the model's training context).")
-    parallel: int = Field(8, ge=1, le=256, description="Sequences decoded together (continuous-batching slots).")
+    ctx_size: int = Field(0, ge=0, description="KV-cache size in tokens, shared by all requests: one request may use all of it (prompt + completion) unless --kv-split (0: the model's training context, at most a quarter of memory; other engines: the longest request).")
+    parallel: int = Field(0, ge=0, le=256, description="Sequences decoded together (continuous-batching slots); 0: auto (llama.cpp: one per 256 tokens of KV cache, 4 to 64, so 32 for an 8k cache; 8 with --kv-split and on other engines).")
+    kv_split: bool = Field(False, description="llama.cpp: split the KV cache evenly into --parallel streams (each request may use ctx-size / parallel tokens), the layout before llama.cpp's unified cache; for comparison.")
     threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores, divided among --workers).")
     batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
-    flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
+    flash_attn: Literal["auto", "on", "off"] = Field("auto", description="llama.cpp flash attention; auto: on with the unified KV cache (it skips other sequences' cells, and a row's attention does not depend on the rest of the batch, so greedy answers do not either), off with --kv-split (there off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences).")
     q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     options: dict[str, Any] = Field(default_factory=dict, description="Engine-specific options (config file only).")
     allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
@@ -99,6 +100,10 @@ class ModelSettings(BaseModel):
 
     def resolved_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
+
+    def slots(self, auto: int = 8) -> int:
+        """``parallel``, or ``auto`` when it is 0 (engines without their own sizing)."""
+        return self.parallel or auto
 
 
 class Settings(BaseSettings):
@@ -130,14 +135,15 @@ class Settings(BaseSettings):
     model: str | None = Field(None, description="GGUF file or Hugging Face model directory (default: the bundled SmolLM2-135M-Instruct).")
     served_model_name: str | None = Field(None, description="Name clients use in 'model' (default: the file or directory name).")
     engine: EngineName = Field("llamacpp", description="Inference engine: llamacpp, hf, vllm or fake.")
-    ctx_size: int = Field(0, ge=0, description="Total KV-cache context in tokens, split across --parallel slots as llama-server does (0: the model's training context).")
-    parallel: int = Field(8, ge=1, le=256, description="Sequences decoded together (continuous-batching slots).")
+    ctx_size: int = Field(0, ge=0, description="KV-cache size in tokens, shared by all requests: one request may use all of it (prompt + completion) unless --kv-split (0: the model's training context, at most a quarter of memory; other engines: the longest request).")
+    parallel: int = Field(0, ge=0, le=256, description="Sequences decoded together (continuous-batching slots); 0: auto (llama.cpp: one per 256 tokens of KV cache, 4 to 64, so 32 for an 8k cache; 8 with --kv-split and on other engines).")
+    kv_split: bool = Field(False, description="llama.cpp: split the KV cache evenly into --parallel streams (each request may use ctx-size / parallel tokens), the layout before llama.cpp's unified cache; for comparison.")
     threads: int = Field(0, ge=0, description="CPU threads for inference (0: all cores, divided among --workers).")
     batch_size: int = Field(512, ge=16, description="Most tokens one engine step may process (prefill is chunked to fit).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond that the server answers 503.")
     queue_timeout: float | None = Field(None, gt=0, description="Seconds a request may wait for a slot before a 503 queue_timeout (unset: no limit).")
     chat_template: str | None = Field(None, description="Jinja chat template file overriding the model's own.")
-    flash_attn: Literal["auto", "on", "off"] = Field("off", description="llama.cpp flash attention (off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences here).")
+    flash_attn: Literal["auto", "on", "off"] = Field("auto", description="llama.cpp flash attention; auto: on with the unified KV cache (it skips other sequences' cells, and a row's attention does not depend on the rest of the batch, so greedy answers do not either), off with --kv-split (there off decodes faster on CPU: 37.7 vs 41.5 ms a step for 8 sequences).")
     q4_1_kernel: Q41Kernel = Field("auto", description=Q41_KERNEL_HELP)
     allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
     watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
@@ -217,6 +223,7 @@ class Settings(BaseSettings):
                 path=self.model,
                 ctx_size=self.ctx_size,
                 parallel=self.parallel,
+                kv_split=self.kv_split,
                 threads=self.threads,
                 batch_size=self.batch_size,
                 max_queue=self.max_queue,

@@ -9,6 +9,9 @@ import time
 import httpx
 import pytest
 
+from llmserve import AsyncChatModel
+from tests.conftest import app_client, llama_settings
+
 CHAT = "/v1/chat/completions"
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -100,21 +103,23 @@ def test_penalties_change_greedy_output(llama_client):
 
 
 def test_context_overflow(llama_client):
-    long = "word " * 2000  # the test context is 8192 / 8 slots = 1024 tokens per sequence
+    long = "word " * 9000  # the test cache holds 8192 tokens, and one request may use all of them
     r = llama_client.post(CHAT, json={"messages": [{"role": "user", "content": long}]})
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "context_length_exceeded"
-    r = llama_client.post(CHAT, json={"messages": FRANCE, "max_tokens": 5000})
+    assert "8192 tokens" in r.json()["error"]["message"]
+    r = llama_client.post(CHAT, json={"messages": FRANCE, "max_tokens": 9000})
     assert r.status_code == 400
 
 
-def test_generation_stops_at_context_end(llama_client):
-    # no max_tokens: runs until the sequence's context is full, then finish_reason "length"
+def test_generation_stops_at_context_end():
+    # no max_tokens: runs until the context (a 512-token cache here) is full, then finish_reason "length"
     msgs = [{"role": "user", "content": "Count from 1 to 2000, one number per line, no commentary."}]
-    out = chat(llama_client, msgs, temperature=0)
+    with app_client(AsyncChatModel(settings=llama_settings(name="smollm2", parallel=2, ctx_size=512))) as client:
+        out = chat(client, msgs, temperature=0, ignore_eos=True)
     usage = out["usage"]
-    if out["choices"][0]["finish_reason"] == "length":
-        assert usage["prompt_tokens"] + usage["completion_tokens"] == 1024
+    assert out["choices"][0]["finish_reason"] == "length"
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == 512
 
 
 def test_multi_turn_reuses_prompt_prefix(llama_client):

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from llmserve import AsyncChatModel
-from llmserve.engines.llamacpp.scheduler import MIN_COPY, common_prefix
+from llmserve.engines.llamacpp.kvcache import MIN_STREAM_COPY, common_prefix
 from llmserve.errors import Overloaded, QueueTimeout
 from tests.conftest import llama_settings
 
@@ -126,20 +126,20 @@ async def test_queue_timeout():
         await gen.aclose()
 
 
-async def test_cold_slots_copy_the_shared_system_prompt_from_another_slot():
+@pytest.mark.parametrize("kv_split", [False, True], ids=["unified", "split"])
+async def test_cold_slots_copy_the_shared_system_prompt_from_another_slot(kv_split):
     questions = ["What is the capital of France? Answer in one word.", "What is 2+2?"]
-    async with AsyncChatModel(settings=llama_settings(name="share", parallel=3, ctx_size=3072)) as m:
-        scheduler, ctx = m.engine.scheduler, m.engine.ctx
+    async with AsyncChatModel(settings=llama_settings(name="share", parallel=3, ctx_size=3072, kv_split=kv_split)) as m:
+        scheduler = m.engine.scheduler
         alone = [(await m.achat(q, temperature=0, max_tokens=12)).text for q in questions]
         # keep the one warm slot, make the others cold again (the engine is idle between requests)
         warm = max(scheduler.slots, key=lambda s: len(s.tokens))
         for slot in scheduler.slots:
             if slot is not warm:
-                ctx.seq_rm(slot.seq_id)
-                slot.tokens.clear()
+                scheduler.kv.clear(slot)
         prompts = [m.engine.tokenize(m.render(q)) for q in questions]
         shared = common_prefix(prompts[0], tuple(prompts[1]))  # the template's system prompt and more
-        assert shared >= MIN_COPY
+        assert shared >= MIN_STREAM_COPY
         results = await asyncio.gather(*(m.achat(q, temperature=0, max_tokens=12) for q in questions))
         # one of them took the warm slot; the other's cold slot copied the prefix instead of prefilling it
         assert all(r.usage.cached_tokens >= shared for r in results), [r.usage for r in results]

@@ -79,7 +79,7 @@ class FakeEngine(Engine):
 
     async def start(self) -> None:
         await asyncio.sleep(float(self.settings.options.get("load_delay", 0.0)))
-        self._slots = asyncio.Semaphore(self.settings.parallel)
+        self._slots = asyncio.Semaphore(self.settings.slots())
 
     async def stop(self) -> None:
         self._aborted.update(self._running)

@@ -66,11 +66,11 @@ def model_deployment(model: ModelSettings, settings: Settings):
 
     options = dict(
         name=f"model-{model.served_name()}",
-        max_ongoing_requests=model.parallel,  # the engine's slots: more wait at the handle, not in the engine
+        max_ongoing_requests=model.slots(),  # the engine's slots: more wait at the handle, not in the engine
         max_queued_requests=in_flight_limit(model, settings),  # a backstop: see sizing.py
         ray_actor_options={"num_cpus": _cpus(model), "num_gpus": settings.replica_gpus},
         request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter,
-                                                  request_router_kwargs={"imbalance": max(2, model.parallel // 4)}),
+                                                  request_router_kwargs={"imbalance": max(2, model.slots() // 4)}),
         health_check_period_s=HEALTH_CHECK_PERIOD,
         graceful_shutdown_timeout_s=DRAIN_SECONDS,
         logging_config=serve_logging(settings),
@@ -79,7 +79,7 @@ def model_deployment(model: ModelSettings, settings: Settings):
         lo, hi = parse_autoscale(settings.autoscale)
         options["autoscaling_config"] = {"min_replicas": lo, "max_replicas": hi,
                                          "initial_replicas": min(max(settings.replicas, lo), hi),
-                                         "target_ongoing_requests": max(1, math.ceil(model.parallel * 0.75))}
+                                         "target_ongoing_requests": max(1, math.ceil(model.slots() * 0.75))}
     else:
         options["num_replicas"] = settings.replicas
     return serve.deployment(ModelReplica).options(**options).bind(

@@ -30,4 +30,4 @@ def queued(model: ModelSettings, settings: Settings) -> int:
 
 def in_flight_limit(model: ModelSettings, settings: Settings) -> int:
     """Requests of ``model`` that may be running or waiting at once; the next one is refused."""
-    return most_replicas(settings) * model.parallel + queued(model, settings)
+    return most_replicas(settings) * model.slots() + queued(model, settings)

@@ -34,7 +34,7 @@ class Jobs:
             model = models[model_name]
         else:
             return "?", 1  # the route answers 404 at once
-        return model.name, self.settings.batch_concurrency or model.settings.parallel
+        return model.name, self.settings.batch_concurrency or model.settings.slots()
 
     def start(self) -> None:
         self.runner.start()

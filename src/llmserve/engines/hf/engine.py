@@ -49,12 +49,12 @@ class HFEngine(Engine):
         logger.info("loading %s with transformers", self.settings.resolved_path())
         await asyncio.to_thread(self._load)
         logger.info("model %s ready in %.1f s (%s, %d slots, %d threads)", self.settings.served_name(),
-                    time.monotonic() - t0, self.loaded.dtype, self.settings.parallel, self.settings.resolved_threads())
+                    time.monotonic() - t0, self.loaded.dtype, self.settings.slots(), self.settings.resolved_threads())
 
     def _load(self) -> None:
         s = self.settings
         loaded = load(s)
-        self.scheduler = Scheduler(loaded, n_slots=s.parallel, max_queue=s.max_queue, queue_timeout=s.queue_timeout,
+        self.scheduler = Scheduler(loaded, n_slots=s.slots(), max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                                    prefill_tokens=s.batch_size, threads=s.resolved_threads(), emit=self._bridge.emit)
         self.tokens = HFTokenizing(loaded.tokenizer)
         self.loaded = loaded

@@ -16,6 +16,7 @@ from llmserve.engines.llamacpp import dispatch, kernels
 from llmserve.engines.llamacpp.embed import LlamaEmbedder, model_pooling
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.scheduler import Scheduler
+from llmserve.engines.llamacpp.sizing import KVPlan, physical_memory, plan
 from llmserve.engines.worker import LoopBridge
 from llmserve.errors import EngineError, InvalidModel, InvalidRequest, ModelLoading, ModelNotFound
 from llmserve.models import model_kind
@@ -35,6 +36,7 @@ class LlamaCppEngine(Engine):
         self.model: LlamaModel | None = None
         self.ctx: LlamaContext | None = None
         self.scheduler: Scheduler | None = None
+        self.kv_plan: KVPlan | None = None
         self.template: ChatTemplate | None = None
         self._bridge = LoopBridge()
         self.embedder: LlamaEmbedder | None = None
@@ -78,10 +80,11 @@ class LlamaCppEngine(Engine):
         if self.embedding_only:
             logger.info("embedding model %s ready in %.1f s", self.settings.served_name(), time.monotonic() - t0)
             return
+        p = self.kv_plan
         logger.info(
-            "model %s ready in %.1f s (%d slots x %d tokens, %d threads)",
-            self.settings.served_name(), time.monotonic() - t0, self.settings.parallel,
-            self.ctx.n_ctx_seq, self.settings.resolved_threads(),
+            "model %s ready in %.1f s (%d slots, %s KV cache of %d tokens: up to %d a request; %d threads)",
+            self.settings.served_name(), time.monotonic() - t0, p.n_parallel, "unified" if p.unified else "split",
+            p.n_ctx, self.ctx.n_ctx_seq, self.settings.resolved_threads(),
         )
 
     def _load(self, path: str) -> None:
@@ -99,9 +102,12 @@ class LlamaCppEngine(Engine):
         if self.embedding_only:
             self.model = model
             return
-        n_ctx = s.ctx_size or model.n_ctx_train
-        ctx = LlamaContext(model, n_ctx=n_ctx, n_seq=s.parallel, n_batch=s.batch_size, n_threads=s.resolved_threads(),
-                           flash_attn=s.flash_attn)
+        self.kv_plan = kv = plan(ctx_size=s.ctx_size, parallel=s.parallel, kv_split=s.kv_split,
+                                 n_ctx_train=model.n_ctx_train, kv_bytes_per_token=model.kv_bytes_per_token(),
+                                 memory=physical_memory())
+        ctx = LlamaContext(model, n_ctx=kv.n_ctx, n_seq=kv.n_parallel, n_batch=s.batch_size,
+                           n_threads=s.resolved_threads(), flash_attn=kv.flash_attn(s.flash_attn),
+                           unified=kv.unified, n_ubatch=kv.n_ubatch(s.batch_size))
         source = Path(s.chat_template).read_text() if s.chat_template else model.chat_template()
         if source is None:
             raise EngineError(f"{path} has no chat template in its metadata; pass --chat-template FILE")
@@ -109,8 +115,8 @@ class LlamaCppEngine(Engine):
         self._special_tokens, self._max_token_chars = model.scan_vocab()
         self.model, self.ctx = model, ctx
         self.grammars = GrammarCompiler(self._grammar_backend)
-        self.scheduler = Scheduler(model, ctx, n_slots=s.parallel, max_queue=s.max_queue,
-                                   queue_timeout=s.queue_timeout, emit=self._bridge.emit)
+        self.scheduler = Scheduler(model, ctx, n_slots=kv.n_parallel, max_queue=s.max_queue,
+                                   queue_timeout=s.queue_timeout, emit=self._bridge.emit, unified=kv.unified)
         self.scheduler.start()
 
     def _grammar_backend(self):

@@ -72,6 +72,13 @@ class LlamaModel:
     def ptr(self):
         return self._model
 
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token takes (f16 K and V in every layer)."""
+        m = self._model
+        n_head = max(1, ll.llama_model_n_head(m))
+        head_dim = ll.llama_model_n_embd(m) // n_head
+        return 2 * 2 * ll.llama_model_n_layer(m) * ll.llama_model_n_head_kv(m) * head_dim
+
     def close(self) -> None:
         if self._model:
             ll.llama_model_free(self._model)
@@ -153,18 +160,22 @@ class LlamaModel:
 
 
 class LlamaContext:
-    """One llama.cpp context: the KV cache for ``n_seq`` sequences. Used by one thread only."""
+    """One llama.cpp context: the KV cache for ``n_seq`` sequences. Used by one thread only.
+
+    ``unified``: one buffer of ``n_ctx`` cells shared by every sequence (a sequence may use all
+    of it, and ``seq_cp`` shares cells instead of copying them), as llama-server's
+    ``--kv-unified``; else each sequence owns a stream of ``n_ctx / n_seq`` cells."""
 
     def __init__(self, model: LlamaModel, *, n_ctx: int, n_seq: int, n_batch: int, n_threads: int,
-                 flash_attn: str = "off"):
+                 flash_attn: str = "off", unified: bool = True, n_ubatch: int | None = None):
         params = ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params.n_ubatch = n_ubatch or n_batch
         params.n_seq_max = n_seq
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        params.kv_unified = False  # each sequence owns n_ctx / n_seq cells, as llama-server does
+        params.kv_unified = unified
         params.no_perf = True
         params.flash_attn_type = {"auto": ll.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                                   "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
@@ -173,7 +184,8 @@ class LlamaContext:
             raise EngineError("llama.cpp could not create a context (out of memory?)")
         self.memory = ll.llama_get_memory(self._ctx)
         self.n_ctx = ll.llama_n_ctx(self._ctx)
-        self.n_ctx_seq = ll.llama_n_ctx_seq(self._ctx)
+        self.n_ctx_seq = ll.llama_n_ctx_seq(self._ctx)  # what one sequence may use: n_ctx when unified
+        self.unified = unified
         self.n_batch = ll.llama_n_batch(self._ctx)
 
     @property
@@ -187,3 +199,7 @@ class LlamaContext:
 
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         return ll.llama_memory_seq_rm(self.memory, seq_id, p0, p1)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        """The last position ``seq_id`` holds in the cache (-1: none)."""
+        return ll.llama_memory_seq_pos_max(self.memory, seq_id)

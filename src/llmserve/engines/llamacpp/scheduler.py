@@ -1,9 +1,15 @@
 """The continuous-batching loop: one worker thread, one ``llama_decode`` per step for all sequences.
 
-Each step: drop cancelled and expired requests, give free slots to waiting requests (preferring
-the slot whose KV cache already holds the longest prefix of the prompt), then build one batch
-with the next token of every decoding sequence plus as much pending prefill as the per-step
-token budget allows, decode it, and sample every sequence that produced logits.
+Each step: drop cancelled and expired requests, give free slots to waiting requests (reusing the
+longest cached prefix of the prompt wherever it lives, see ``kvcache.py``), then build one batch
+with the next token of every decoding sequence plus as much pending prefill as the step's budget
+allows (``budget.py``), decode it, and sample every sequence that produced logits.
+
+KV cells are accounted before llama.cpp is asked for them: a request is admitted when the cells
+of its uncached prompt are free (idle cached prefixes are evicted least recently used first to
+make them so; otherwise it waits, in order), and a decoding sequence that finds no free cell ends
+with ``length``. Requests whose prompts share a long prefix with a prompt being prefilled right
+now wait until that prefix is in the cache, then share its cells instead of prefilling it again.
 """
 
 from __future__ import annotations
@@ -16,21 +22,26 @@ from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
+from llmserve.engines.llamacpp.budget import PrefillBudget
+from llmserve.engines.llamacpp.kvcache import Ledger, Slot, common_prefix
 from llmserve.engines.llamacpp.logprobs import LogprobRecorder
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.sampler import BatchSampler, SequenceSampler
 from llmserve.engines.worker import Emit, Output, Queued, WorkerLoop
-from llmserve.errors import EngineError, LLMServeError
+from llmserve.errors import EngineError, LLMServeError, Overloaded
 from llmserve.structured import GrammarViolation, Guide, MaskBatch, apply_bitmask
 from llmserve.types import PRIORITY_LIVE, Delta, FinishReason, TokenLogprob, Usage
 
 logger = logging.getLogger(__name__)
-# a cross-slot KV copy moves a whole stream (~23 MB for the bundled model at 1024 cells: a few ms);
-# prefilling this many tokens costs far more
-MIN_COPY = 16
+# a waiting prompt whose prefix this much longer than what the cache holds is being prefilled for
+# another request right now waits for those cells rather than prefilling the same tokens again
+MIN_DEFER = 32
+# cells a request needs free beyond its uncached prompt to be admitted (its first tokens)
+HEADROOM = 16
 # background (batch) sequences wait this long after the last live request before they run again, so
 # a steady stream of live requests is not slowed by batch work flapping in between them
 LIVE_LINGER_S = 0.2
+LLAMA_NO_KV_SLOT = 1  # llama_decode: no KV slot for the batch (nothing was decoded)
 
 
 @dataclass(eq=False)
@@ -51,34 +62,25 @@ class Sequence(Queued):
     prompt_lp: list[TokenLogprob | None] | None = None
     prompt_row: int = -1
 
-
-@dataclass(eq=False)
-class Slot:
-    seq_id: int
-    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for seq_id
-    seq: Sequence | None = None
-    last_used: float = 0.0
-
-
-def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    @property
+    def to_prefill(self) -> int:
+        return len(self.prompt) - self.n_prefilled
 
 
 class Scheduler(WorkerLoop[Sequence]):
     sequence_type = Sequence
 
     def __init__(self, model: LlamaModel, ctx: LlamaContext, *, n_slots: int, max_queue: int,
-                 queue_timeout: float | None, emit: Emit):
+                 queue_timeout: float | None, emit: Emit, unified: bool = True):
         super().__init__(n_slots=n_slots, max_queue=max_queue, queue_timeout=queue_timeout, emit=emit,
                          name="llmserve-llamacpp")
         self.model = model
         self.ctx = ctx
-        self.slots = [Slot(i) for i in range(n_slots)]
+        self.kv = Ledger(ctx, n_slots, unified=unified)
+        self.slots = self.kv.slots
         self.n_batch = ctx.n_batch
+        self.budget = PrefillBudget(self.n_batch)
+        self.prefilled = 0  # prompt tokens decoded so far (the rest came from the cache)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self._sampler = BatchSampler(model.n_vocab, n_slots)
         self._logprobs = LogprobRecorder(model.n_vocab, model.piece)
@@ -95,7 +97,8 @@ class Scheduler(WorkerLoop[Sequence]):
         out: list[tuple[Sequence, Output]] = []
         self._reap(out)
         self._yield_to_live()
-        self._admit(out)
+        self._admit()
+        self._make_room_to_grow(out)
         decoding, prefill = self._fill_batch()
         if decoding or prefill:
             self._decode(decoding, prefill, out)
@@ -111,50 +114,95 @@ class Scheduler(WorkerLoop[Sequence]):
             if slot.seq is not None and slot.seq.cancelled:
                 self._release(slot)
 
-    def _admit(self, out: list[tuple[Sequence, Output]]) -> None:
-        copied: set[int] = set()  # slots whose copied KV only lands at the next decode
-        while self._waiting:
-            free = [s for s in self.slots if s.seq is None]
-            if not free:
+    # -- admission ------------------------------------------------------------------------------
+    def _admit(self) -> None:
+        """Waiting requests take idle slots in arrival order while their cells fit; a request
+        that waits for a prefix being prefilled right now lets the ones behind it pass."""
+        for seq in self._admissible():
+            if not any(s.seq is None for s in self.slots):
                 return
-            seq = self._next_waiting()
-            if seq is None:
-                return
-            slot = max(free, key=lambda s: (common_prefix(s.tokens, seq.prompt), not s.tokens, -s.last_used))
-            keep = common_prefix(slot.tokens, seq.prompt)
-            keep = max(keep, self._copy_prefix(slot, seq.prompt, keep, copied))
-            keep = min(keep, len(seq.prompt) - 1)  # the last prompt token is decoded again for its logits
+            donor, shared = self.kv.longest_prefix(seq.prompt)
+            if self._prefix_coming(seq, shared):
+                continue
+            keep = min(shared, len(seq.prompt) - 1)  # the last prompt token is decoded again for its logits
             if seq.request.sampling.prompt_logprobs is not None:
                 keep = 0  # prompt logprobs need the logits of every prompt position
-            if not self.ctx.seq_rm(slot.seq_id, keep, -1):
-                self.ctx.seq_rm(slot.seq_id)
+            slot = self._slot_for(donor, keep)
+            if slot is not donor:
+                self.kv.clear(slot)  # the least recently used idle prefix: the first to go in any case
+            if not self._fits(seq, keep, keep_cached=donor):
+                return  # in order: later requests do not overtake one waiting for cells
+            if slot is donor:
+                self.kv.truncate(slot, keep)
+            elif donor is not None:
+                keep = self.kv.share(donor, slot, keep)
+            else:
                 keep = 0
-            del slot.tokens[keep:]
+            self._waiting.remove(seq)
             seq.slot, slot.seq = slot, seq
             seq.n_prefilled = seq.n_cached = keep
+            self.kv.reserved += seq.to_prefill
             if seq.sampler is None:  # a resumed sequence keeps its own (its RNG and penalty history)
                 seq.sampler = SequenceSampler(seq.request.sampling, n_vocab=self.model.n_vocab,
                                               penalty_window=self.ctx.n_ctx_seq)
             self._started([seq])
 
-    def _copy_prefix(self, slot: Slot, prompt: tuple[int, ...], have: int, copied: set[int]) -> int:
-        """When another slot's KV holds a longer prefix of ``prompt`` than ``slot`` does (every chat
-        request starts with the template's system prompt), copies it over instead of prefilling it
-        again; returns the tokens now shared (0: nothing copied).
+    def _slot_for(self, donor: Slot | None, keep: int) -> Slot:
+        """The idle slot a request takes. On a unified cache sharing a prefix costs nothing, so the
+        donor's own slot is taken only when it holds no more than the shared prefix (or is the
+        least recently used anyway): other cached conversations stay whole. On a split cache the
+        donor's slot is taken whenever it is idle (a copy moves a whole stream)."""
+        idle = self.kv.idle()
+        if donor is None or donor.seq is not None:
+            return idle[0]
+        if not self.kv.unified or len(donor.tokens) <= keep + 1 or idle[0] is donor:
+            return donor
+        return idle[0]
 
-        Slots are separate KV streams, and llama.cpp copies across streams only whole (the data
-        moves at the next decode, before that batch writes): the copy's tail is dropped after."""
-        donors = [s for s in self.slots if s is not slot and s.seq_id not in copied]
-        best = max(donors, key=lambda s: common_prefix(s.tokens, prompt), default=None)
-        shared = common_prefix(best.tokens, prompt) if best is not None else 0
-        if shared < have + MIN_COPY:
-            return 0
-        ll.llama_memory_seq_cp(self.ctx.memory, best.seq_id, slot.seq_id, -1, -1)  # -1, -1: whole
-        copied.add(slot.seq_id)
-        slot.tokens[:] = best.tokens[:shared]
-        self.ctx.seq_rm(slot.seq_id, shared, -1)
-        return shared
+    def _prefix_coming(self, seq: Sequence, cached: int) -> bool:
+        """A prompt being prefilled now shares a longer prefix with ``seq``'s than the cache holds:
+        ``seq`` should wait for those cells (``n > 1`` siblings, a batch with one instruction)."""
+        for slot in self.slots:
+            other = slot.seq
+            if other is None or other.pending is not None or other.to_prefill == 0:
+                continue
+            ahead = min(common_prefix(other.prompt, seq.prompt), len(seq.prompt) - 1)
+            if ahead >= cached + MIN_DEFER and other.n_prefilled < ahead:
+                return True
+        return False
 
+    def _fits(self, seq: Sequence, keep: int, keep_cached: Slot | None) -> bool:
+        """Whether ``seq``'s uncached prompt (plus a little room to answer) fits beside the
+        running sequences' next cells; evicts idle cached prefixes least recently used first
+        (never ``keep_cached``, whose prefix it will use) to make it fit."""
+        if not self.kv.unified:
+            return len(seq.prompt) + 1 <= self.kv.capacity
+        growing = sum(1 for s in self.slots if s.seq is not None)  # each running sequence grows a cell a step
+        # a few cells to answer in, never more than it may use: a prompt that fits alone fits
+        want = min(HEADROOM, seq.request.sampling.max_tokens or HEADROOM, self.kv.capacity - len(seq.prompt))
+        return self.kv.make_room(len(seq.prompt) - keep + want + growing, keep=keep_cached)
+
+    def _make_room_to_grow(self, out: list[tuple[Sequence, Output]]) -> None:
+        """Every decoding sequence needs one more cell this step: evict idle prefixes for them,
+        and end the most recently admitted ones with ``length`` when the cache is full."""
+        growing = [s.seq for s in self.slots if s.seq is not None and s.seq.pending is not None]
+        if not growing:
+            return
+        if self.kv.unified:
+            if self.kv.make_room(len(growing)):
+                return
+            short = len(growing) - self.kv.free - self.kv.evictable()
+            self.kv.make_room(len(growing) - short)
+            victims = sorted(growing, key=lambda s: s.request.timing.started_at or 0.0)[-short:]
+        else:
+            victims = [seq for seq in growing if self.kv.room(seq.slot) < 1]
+        for seq in victims:
+            logger.info("KV cache full: request %s ends at %d tokens", seq.request.request_id,
+                        len(seq.prompt) + len(seq.generated))
+            text = seq.decoder.decode(b"", final=True)
+            out.append((seq, self._finish(seq, Delta(text, (), FinishReason.LENGTH, self._usage(seq)))))
+
+    # -- one step -------------------------------------------------------------------------------
     def _fill_batch(self) -> tuple[list[tuple[Sequence, int]], list[tuple[Sequence, int, int]]]:
         """Returns the decoding sequences with their logit index, and prefill chunks
         (sequence, chunk length, logit index or -1)."""
@@ -177,13 +225,15 @@ class Scheduler(WorkerLoop[Sequence]):
                 decoding.append((seq, n))
                 add(seq.pending, len(slot.tokens), slot.seq_id, True)
         prefill: list[tuple[Sequence, int, int]] = []
+        budget = self.budget.tokens(len(decoding))
+        # the shortest remaining prompts first: a chat's prompt is not stuck behind a long document
         for slot in sorted((s for s in self.slots if s.seq is not None and s.seq.pending is None),
-                           key=lambda s: s.seq.enqueued_at):
+                           key=lambda s: (s.seq.to_prefill, s.seq.enqueued_at)):
             seq = slot.seq
-            budget = self.n_batch - n
             if budget <= 0:
                 break
             chunk = seq.prompt[seq.n_prefilled: seq.n_prefilled + budget]
+            budget -= len(chunk)
             last = seq.n_prefilled + len(chunk) == len(seq.prompt)
             base = len(slot.tokens)
             every = seq.request.sampling.prompt_logprobs is not None
@@ -196,23 +246,24 @@ class Scheduler(WorkerLoop[Sequence]):
 
     def _decode(self, decoding, prefill, out: list[tuple[Sequence, Output]]) -> None:
         self._start_masks(decoding, prefill)  # filled on a helper thread while llama_decode runs
+        t0 = time.perf_counter()
         rc = ll.llama_decode(self.ctx.ptr, self._batch)
         self.steps += 1
+        self.kv.decoded()
         if rc != 0:
-            logger.error("llama_decode returned %d for a batch of %d tokens", rc, self._batch.n_tokens)
-            for seq in [s for s, _ in decoding] + [s for s, _, _ in prefill]:
-                out.append((seq, EngineError(f"llama_decode failed ({rc})")))
-                self.ctx.seq_rm(seq.slot.seq_id)
-                seq.slot.tokens.clear()
-                self._release(seq.slot)
+            self._masks.wait()
+            self._decode_failed(rc, decoding, prefill, out)
             return
+        self.budget.record(len(decoding), sum(length for _, length, _ in prefill), time.perf_counter() - t0)
         sample: list[tuple[Sequence, int]] = []
         for seq, idx in decoding:
-            seq.slot.tokens.append(seq.pending)
+            self.kv.extend(seq.slot, (seq.pending,))
             seq.pending = None
             sample.append((seq, idx))
         for seq, length, idx in prefill:
-            seq.slot.tokens.extend(seq.prompt[seq.n_prefilled: seq.n_prefilled + length])
+            self.kv.extend(seq.slot, seq.prompt[seq.n_prefilled: seq.n_prefilled + length])
+            self.kv.reserved -= length
+            self.prefilled += length
             seq.n_prefilled += length
             if idx >= 0:
                 sample.append((seq, idx))
@@ -222,6 +273,26 @@ class Scheduler(WorkerLoop[Sequence]):
         tokens = self._sampler.sample(self.ctx.ptr, [(seq.sampler, idx) for seq, idx in sample])
         for (seq, idx), token in zip(sample, tokens):
             out.append((seq, self._with_logprobs(seq, idx, token, self._advance(seq, token))))
+
+    def _decode_failed(self, rc: int, decoding, prefill, out: list[tuple[Sequence, Output]]) -> None:
+        """The ledger keeps llama.cpp from running out of cells, so this is a bug or a foreign
+        cache layout: no sequence of the batch is lost silently, none is left half-written."""
+        logger.error("llama_decode returned %d for a batch of %d tokens (%d cells used of %d)",
+                     rc, self._batch.n_tokens, self.kv.used, self.kv.capacity)
+        for seq, _ in decoding:
+            self.ctx.seq_rm(seq.slot.seq_id, len(seq.slot.tokens), -1)
+            if rc == LLAMA_NO_KV_SLOT:  # the cache is full: the answer ends here, as its length
+                text = seq.decoder.decode(b"", final=True)
+                out.append((seq, self._finish(seq, Delta(text, (), FinishReason.LENGTH, self._usage(seq)))))
+            else:
+                out.append((seq, EngineError(f"llama_decode failed ({rc})")))
+                self._release(seq.slot)
+        for seq, _, _ in prefill:
+            self.ctx.seq_rm(seq.slot.seq_id, len(seq.slot.tokens), -1)
+            error = (Overloaded("the KV cache is full; try again shortly", retry_after=1) if rc == LLAMA_NO_KV_SLOT
+                     else EngineError(f"llama_decode failed ({rc})"))
+            out.append((seq, error))
+            self._release(seq.slot)
 
     # -- logprobs: only for the sequences that asked ------------------------------------------
     def _score_prompt(self, seq: Sequence, length: int) -> None:
@@ -308,11 +379,15 @@ class Scheduler(WorkerLoop[Sequence]):
         return delta
 
     def _release(self, slot: Slot) -> None:
+        """The request leaves ``slot``; what its KV holds stays cached for the next prompt, but
+        for a prompt cut short (its unwritten cells are no longer promised)."""
         seq = slot.seq
         slot.seq = None
-        slot.last_used = time.monotonic()
+        self.kv.touch(slot)
         if seq is None:
             return
+        self.kv.reserved -= seq.to_prefill
+        seq.n_prefilled = len(seq.prompt)
         seq.slot = None
         if seq.sampler is not None:
             seq.sampler.close()
@@ -320,18 +395,14 @@ class Scheduler(WorkerLoop[Sequence]):
         self._forget(seq, waiting=False)
 
     # -- low priority: background sequences (batch lines) yield their slots to live requests -----------
-    def _next_waiting(self) -> Sequence | None:
-        """The next request to admit: live ones first, in arrival order; background ones (lowest
-        priority value first) only while no live request is about (see ``_yield_to_live``)."""
-        for seq in self._waiting:
-            if seq.request.priority == PRIORITY_LIVE:
-                self._waiting.remove(seq)
-                return seq
-        if time.monotonic() - self._live_seen < LIVE_LINGER_S:
-            return None
-        seq = min(self._waiting, key=lambda s: s.request.priority)
-        self._waiting.remove(seq)
-        return seq
+    def _admissible(self) -> list[Sequence]:
+        """The waiting requests in the order they may be admitted: live ones first, in arrival
+        order; background ones (lowest priority value first) only while no live request is about
+        (see ``_yield_to_live``)."""
+        live = [seq for seq in self._waiting if seq.request.priority == PRIORITY_LIVE]
+        if live or time.monotonic() - self._live_seen < LIVE_LINGER_S:
+            return live
+        return sorted(self._waiting, key=lambda s: s.request.priority)
 
     def _yield_to_live(self) -> None:
         """Background sequences run only on what live traffic leaves. On a CPU every sequence in a
@@ -355,7 +426,8 @@ class Scheduler(WorkerLoop[Sequence]):
         free), and the sequence keeps its sampler and decoder: its stream continues seamlessly."""
         seq = slot.seq
         slot.seq, seq.slot = None, None
-        slot.last_used = time.monotonic()
+        self.kv.touch(slot)
+        self.kv.reserved -= seq.to_prefill
         if seq.cached_at_start is None:
             seq.cached_at_start = seq.n_cached
         done = tuple(seq.generated)
@@ -378,7 +450,6 @@ class Scheduler(WorkerLoop[Sequence]):
         for slot in self.slots:
             if slot.seq is not None:
                 out.append((slot.seq, error))
-                self.ctx.seq_rm(slot.seq_id)
-                slot.tokens.clear()
                 self._release(slot)
+                self.kv.clear(slot)
         return out

@@ -125,7 +125,7 @@ class VLLMEngine(Engine):
             model=str(model_dir),
             dtype=str(opts.get("dtype", "bfloat16")),
             max_model_len=s.ctx_size or None,
-            max_num_seqs=s.parallel,
+            max_num_seqs=s.slots(),
             max_num_batched_tokens=max(s.batch_size, s.ctx_size) if s.ctx_size else None,
             enforce_eager=bool(opts.get("enforce_eager", True)),
             # a fixed KV budget: vLLM's CPU default reserves 92% of RAM and refuses to start on a busy box
@@ -151,7 +151,7 @@ class VLLMEngine(Engine):
         self.template = ChatTemplate(source, bos_token=self.tokenizer.bos_token or "",
                                      eos_token=self.tokenizer.eos_token or "")
         logger.info("model %s ready in %.1f s (vLLM, max_num_seqs %d, context %d)",
-                    s.served_name(), time.monotonic() - t0, s.parallel, self.max_context)
+                    s.served_name(), time.monotonic() - t0, s.slots(), self.max_context)
 
     async def stop(self) -> None:
         if self.llm is not None:
@@ -169,7 +169,7 @@ class VLLMEngine(Engine):
         llm = self._require()
         s = self.settings
         rid = request.request_id
-        if len(self._started) >= s.parallel + s.max_queue:
+        if len(self._started) >= s.slots() + s.max_queue:
             raise Overloaded("the request queue is full; try again shortly", retry_after=1)
         if rid in self._started:
             raise InvalidRequest(f"request id {rid!r} is already in flight")
