@@ -38,8 +38,8 @@ def require_engine(engine: str) -> None:
 def make_model(engine: str) -> AsyncChatModel:
     """The bundled model on ``engine``: 2 slots, a queue of 2, ``CTX`` tokens per request."""
     common = {"name": NAME, "parallel": 2, "max_queue": 2}
-    if engine == "llamacpp":  # llama.cpp splits ctx_size across its slots
-        return AsyncChatModel(engine="llamacpp", ctx_size=2 * CTX, threads=THREADS, **common)
+    if engine == "llamacpp":  # one unified KV cache: each request may use all of it
+        return AsyncChatModel(engine="llamacpp", ctx_size=CTX, threads=THREADS, **common)
     if engine == "hf":
         return AsyncChatModel(engine="hf", ctx_size=CTX, threads=THREADS, **common)
     return AsyncChatModel(engine="vllm", ctx_size=CTX, options={"kv_cache_bytes": 256 * 1024 * 1024}, **common)

@@ -419,13 +419,19 @@ TIME = {"type": "function", "function": {
                    "required": ["timezone"]}}}
 TOOLS = [WEATHER, TIME]
 PARIS = [{"role": "user", "content": "What is the weather in Paris?"}]
-# an earlier turn that called a tool (the 135M model then calls by itself under "auto")
-BERLIN = [*PARIS,
+# two earlier turns that called a tool: the 135M model then calls by itself under "auto", by a wide
+# margin (one earlier turn leaves "<" and "The" within 0.02 nats of each other)
+LONDON = [*PARIS,
           {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
               "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
           {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
           {"role": "assistant", "content": "It is sunny in Paris."},
-          {"role": "user", "content": "What is the weather in Berlin?"}]
+          {"role": "user", "content": "What is the weather in Berlin?"},
+          {"role": "assistant", "content": None, "tool_calls": [{"id": "call_2", "type": "function", "function": {
+              "name": "get_weather", "arguments": '{"city": "Berlin"}'}}]},
+          {"role": "tool", "tool_call_id": "call_2", "content": "Rainy"},
+          {"role": "assistant", "content": "It is rainy in Berlin."},
+          {"role": "user", "content": "What is the weather in London?"}]
 
 
 def tool_calls_of(out: dict) -> list[tuple[str, dict]]:
@@ -477,11 +483,11 @@ def test_tool_choice_auto(api):
     out = chat(api, [{"role": "user", "content": "What is 2+2?"}], **kw)
     assert out["choices"][0]["finish_reason"] == "stop" and "4" in text_of(out)
     assert "tool_calls" not in out["choices"][0]["message"]
-    out = chat(api, BERLIN, **kw)
+    out = chat(api, LONDON, **kw)
     assert out["choices"][0]["finish_reason"] == "tool_calls"
-    assert tool_calls_of(out) == [("get_weather", {"city": "Berlin"})]
+    assert tool_calls_of(out) == [("get_weather", {"city": "London"})]
     whole = [(c["function"]["name"], c["function"]["arguments"]) for c in out["choices"][0]["message"]["tool_calls"]]
-    assert streamed_tool_answer(api, BERLIN, **kw) == (None, whole, "tool_calls")
+    assert streamed_tool_answer(api, LONDON, **kw) == (None, whole, "tool_calls")
 
 
 # -- disconnects ----------------------------------------------------------------------------------

@@ -105,22 +105,20 @@ async def test_kv_exhaustion_under_32_long_requests_waits_or_ends_with_length_ne
     # 256 cells in all: a request needs ~100 (prompt + answer); 32 of them need ~3,200
     settings = llama_settings(name="tight", parallel=32, ctx_size=256, max_queue=64, queue_timeout=None)
     async with AsyncChatModel(settings=settings) as m:
+        alone = {q: (await m.achat(q, **params)).text for q in questions}
         results = await asyncio.gather(*(m.achat(q, **params) for q in questions * 4), return_exceptions=True)
         cut = 0
-        for (topic, q), r in zip(list(zip(topics, questions)) * 4, results):
+        for q, r in zip(questions * 4, results):
             if isinstance(r, Overloaded):
                 continue  # a clean 503 is allowed
             assert not isinstance(r, BaseException), r
             assert r.finish_reason is FinishReason.LENGTH
             cut += r.usage.completion_tokens < 64
-            # its own answer, nobody else's: its topic, no other topic in it. (Not always its answer
-            # alone word for word: in a cache this full a sequence's cells land in freed holes, ggml
-            # sums attention in cell order, in fp16, and the model meets near ties here: " designed"
-            # 20.28 against " named" 20.23 after "I'm a helpful AI".)
-            text = r.text.lower()
-            assert not [t for t in topics if t != topic and t.rstrip("s") in text], (q, r.text)
+            # its own answer, nobody else's: word for word its answer alone as far as it got, though
+            # its cells landed in whatever holes the others left (batch-invariant attention)
+            assert alone[q].startswith(r.text), (q, r.text, alone[q])
             if r.usage.completion_tokens == 64:
-                assert topic.rstrip("s") in text, (q, r.text)
+                assert r.text == alone[q]
         assert cut >= 1  # the cache ran out for some: they ended early with "length", no crash
         assert m.engine.stats().running == 0
         assert_ledger_agrees(m)

@@ -1,8 +1,11 @@
 """llmserve's llama.cpp patches (patches/llama.cpp) as seen from Python.
 
 ``scripts/build-llama-cpp-python.sh`` builds llama-cpp-python with them; a stock build from PyPI
-runs too, without them. The one patch today adds Q4_1 x Q8_1 tiles to llamafile's sgemm: a
-decode step of 8 sequences on a Q4_1 model takes ~1.5x less time, with bit-identical logits.
+runs too, without them. ``0001`` adds Q4_1 x Q8_1 tiles to llamafile's sgemm: a decode step of 8
+sequences on a Q4_1 model takes ~1.5x less time, with bit-identical logits. ``0002`` makes flash
+attention batch-invariant: a query row's result depends on its own keys only, not on which KV
+cells they sit in nor on the rest of the batch, so identical greedy or seeded requests give
+identical answers on the unified cache, whatever else runs.
 """
 
 from __future__ import annotations
@@ -72,9 +75,26 @@ def q4_1_tile_calls() -> int:
     return calls()
 
 
+def invariant_attention_available() -> bool:
+    """The loaded llama.cpp build carries llmserve's batch-invariant flash attention."""
+    return _patched("ggml_cpu_fa_invariant") is not None
+
+
+def set_invariant_attention(enabled: bool) -> bool:
+    """Batch-invariant flash attention on (the patched build's default) or off (ggml's own
+    kernels, for A/B runs), for the whole process. False when the build lacks the patch."""
+    switch = _patched("ggml_cpu_set_fa_invariant")
+    if switch is None:
+        return False
+    switch.argtypes, switch.restype = [ctypes.c_bool], None
+    switch(enabled)
+    return True
+
+
 def log_build() -> None:
     if q4_1_tiles_available():
-        logger.info("llama.cpp build with llmserve's patches: Q4_1 weights multiply in tiles of sequences")
+        logger.info("llama.cpp build with llmserve's patches: Q4_1 weights multiply in tiles of sequences%s",
+                    ", flash attention is batch-invariant" if invariant_attention_available() else "")
     else:
         logger.info("stock llama.cpp build: Q4_1 models decode batches ~1.5x slower than with "
                     "scripts/build-llama-cpp-python.sh")

@@ -9,10 +9,11 @@
   but a sequence id until it is used, and a full cache of average chats still has room for all
   of them (32 for the bundled model's 8,192-token context, ~23 KB a cell: 189 MB of cache).
 - Unified cache: flash attention on (``--flash-attn auto``), and llama.cpp computes a step in
-  micro-batches of fewer than ``FA_TILE_ROWS`` tokens. ggml's CPU flash attention then takes every
-  row through the same per-row loop, which skips other sequences' cells: one request's numbers
-  (and so its greedy answer) do not depend on what else is in the batch. Plain attention, or the
-  tiled kernel ggml uses for 64 rows or more, computes rows differently by batch shape.
+  micro-batches of fewer than ``FA_TILE_ROWS`` tokens. With llmserve's build (patch ``0002``)
+  every query row is attended whole on one thread, in an order-free way (double-precision sums
+  after the exact maximum), so one request's numbers (and its greedy or seeded answer) depend
+  neither on which cells its keys landed in nor on what else is in the batch. A stock build
+  falls back to ggml's kernels, which add in cell order in FP16 and tile 64 rows or more.
 - ``--kv-split``: llama-server's layout before ``--kv-unified``: each slot owns
   ``ctx-size / parallel`` cells and a request may use only those (auto parallel: 8).
 """
