@@ -61,6 +61,9 @@ def to_messages(messages: MessagesLike) -> list[Message]:
 class AsyncChatModel:
     """One model: chat template, context checks, stop strings, over any engine."""
 
+    adapter: str | None = None  # the LoRA adapter its requests generate under (see AdapterModel)
+    parent: str | None = None  # an adapter's base model name
+
     def __init__(
         self,
         model: str | None = None,
@@ -249,7 +252,8 @@ class AsyncChatModel:
                 "completion). Please reduce the length of the messages or completion.",
                 param="messages",
             )
-        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", tokens, sampling, constraint)
+        return GenerationRequest(request_id or f"req-{uuid.uuid4().hex}", tokens, sampling, constraint,
+                                 adapter=self.adapter)
 
     # -- the watchdog ----------------------------------------------------------------------------
     def stalled_for(self) -> float:

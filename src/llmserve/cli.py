@@ -177,6 +177,7 @@ def _serve(settings: Settings) -> int:
         return serve_forever(settings)
     check_worker_limits(settings)
     check_models(settings)  # before anything binds: a missing engine or a bad model path exits 2
+    check_adapters(settings)  # and every --lora adapter fits its model
     warn_oversubscribed(settings)
     multiproc.prepare(settings)  # before prometheus_client is imported (by the app)
     # worker processes: uvicorn imports the app factory in each worker, which rebuilds these
@@ -197,6 +198,22 @@ def warn_oversubscribed(settings: Settings) -> None:
         logging.getLogger("llmserve").warning(
             "%d worker(s) x their models' threads = %d compute threads on %d cores: decode slows badly when "
             "threads outnumber cores; lower --threads or --workers", settings.workers, threads, cores)
+
+
+def check_adapters(settings: Settings) -> None:
+    """Every --lora adapter fits its model, before the server binds (llama.cpp: the PEFT
+    directory is converted to its cached GGUF LoRA now); else one line and exit 2."""
+    from llmserve.lora import AdapterError
+    from llmserve.lora.resolve import resolve
+
+    for model in settings.model_list():
+        if model.engine == "fake":
+            continue
+        for spec in model.adapters():
+            try:
+                resolve(spec, Path(model.resolved_path()), model.engine)
+            except AdapterError as exc:
+                raise ValueError(exc.message) from None
 
 
 def check_models(settings: Settings) -> None:

@@ -18,6 +18,7 @@ def add_keys_parser(sub: argparse._SubParsersAction, add_settings_flags) -> None
     create = actions.add_parser("create", help="Create a key and print it (shown only this once).")
     create.add_argument("--name", required=True, help="Who or what the key is for.")
     create.add_argument("--rpm", type=int, default=None, help="Requests per minute for this key (default: --rate-limit-rpm; 0: unlimited).")
+    create.add_argument("--admin", action="store_true", help="The key may also manage the server at run time (POST /v1/load_lora_adapter, /v1/unload_lora_adapter).")
     create.add_argument("--tpm", type=int, default=None, help="Tokens per minute for this key (default: --rate-limit-tpm; 0: unlimited).")
     add_settings_flags(create, skip=only_key_db)
 
@@ -39,7 +40,7 @@ def run_keys(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     store = KeyStore(settings.key_db)
     if args.keys_command == "create":
-        record, key = store.create(args.name, rpm=args.rpm, tpm=args.tpm)
+        record, key = store.create(args.name, rpm=args.rpm, tpm=args.tpm, admin=args.admin)
         print(f"created {record.id} ({record.name}); the key is shown only now:", file=sys.stderr)
         print(key)
         return 0
@@ -54,13 +55,13 @@ def run_keys(args: argparse.Namespace, settings: Settings) -> int:
     records = store.list(include_revoked=args.all)
     if args.json:
         print(json.dumps([{"id": r.id, "name": r.name, "key_hint": r.key_hint, "rpm": r.rpm, "tpm": r.tpm,
-                           "created_at": r.created_at, "revoked_at": r.revoked_at} for r in records], indent=2))
+                           "created_at": r.created_at, "revoked_at": r.revoked_at, "admin": r.admin} for r in records], indent=2))
         return 0
     rows = [("ID", "NAME", "KEY", "RPM", "TPM", "CREATED", "STATUS")]
     for r in records:
         created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M")
         rows.append((r.id, r.name, r.key_hint, _limit(r.rpm), _limit(r.tpm), created,
-                     "active" if r.active else "revoked"))
+                     ("active" if r.active else "revoked") + (", admin" if r.admin else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

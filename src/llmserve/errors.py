@@ -44,6 +44,14 @@ class Unauthorized(LLMServeError):
     code = "invalid_api_key"
 
 
+class Forbidden(LLMServeError):
+    """A valid key that may not do this (run-time management needs an admin key)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFound(LLMServeError):
     """A file, batch or other object that does not exist (or belongs to another key)."""
 

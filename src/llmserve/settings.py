@@ -35,6 +35,21 @@ DEFAULT_SAMPLING_HELP = (
 )
 
 
+LORA_HELP = ("LoRA adapter served beside its base model under its own name: NAME=PATH[:SCALE], repeatable. "
+             "PATH is a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) or, for "
+             "llama.cpp, a GGUF LoRA; SCALE multiplies its effect (default 1). Requests pick it with "
+             "'model': NAME; an adapter that does not fit the model is refused at start.")
+
+
+def _check_lora(value: list[str]) -> list[str]:
+    from llmserve.lora import parse_spec
+
+    names = [parse_spec(v).name for v in value]  # ValueError: NAME=PATH[:SCALE] expected
+    if len(names) != len(set(names)):
+        raise ValueError(f"LoRA names must be unique, got {names}")
+    return value
+
+
 class DefaultSampling(BaseModel):
     """Sampling defaults for one model (unset: the next source decides; see sampling_defaults.py)."""
 
@@ -83,6 +98,18 @@ class ModelSettings(BaseModel):
     allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
     watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP)
+    lora: list[str] = Field(default_factory=list, description=LORA_HELP)
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_format(cls, value: list[str]) -> list[str]:
+        return _check_lora(value)
+
+    def adapters(self) -> list:
+        """The ``--lora`` adapters as ``llmserve.lora.AdapterSpec``."""
+        from llmserve.lora import parse_spec
+
+        return [parse_spec(v) for v in self.lora]
 
     def served_name(self) -> str:
         if self.name:
@@ -148,6 +175,7 @@ class Settings(BaseSettings):
     allow_special_tokens_in_content: bool = Field(False, description="Parse special-token strings written in message content (e.g. '<|im_end|>') as control tokens, as llmserve did before; off: content is text and cannot forge chat turns.")
     watchdog_timeout: float = Field(120.0, gt=0, description="Seconds an engine with work may go without finishing a step; then /health answers 503 and the requests waiting on it fail with 503 engine_stalled.")
     default_sampling: DefaultSampling = Field(default_factory=DefaultSampling, description=DEFAULT_SAMPLING_HELP + " With 'models:' in the config file, these apply to every model, under each model's own default_sampling.")
+    lora: list[str] = Field(default_factory=list, description=LORA_HELP)
     models: list[ModelSettings] = Field(default_factory=list, description="Several models in one server (config file only); replaces the flat model flags.")
     # -- request hardening (workpool.py, server/body.py) --
     cpu_workers: int = Field(2, ge=1, le=64, description="Threads for the CPU work of requests (parsing large bodies, rendering chat templates, tokenizing), kept off the event loop.")
@@ -169,9 +197,14 @@ class Settings(BaseSettings):
         "(default: PROMETHEUS_MULTIPROC_DIR; a temporary directory when there are several workers).",
     )
 
+    @field_validator("lora")
+    @classmethod
+    def _lora_format(cls, value: list[str]) -> list[str]:
+        return _check_lora(value)
+
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
-        names = [m.served_name() for m in self.model_list()]
+        names = [n for m in self.model_list() for n in [m.served_name(), *(a.name for a in m.adapters())]]
         if len(names) != len(set(names)):
             raise ValueError(f"served model names must be unique, got {names}")
         return self
@@ -234,6 +267,7 @@ class Settings(BaseSettings):
                 allow_special_tokens_in_content=self.allow_special_tokens_in_content,
                 watchdog_timeout=self.watchdog_timeout,
                 default_sampling=self.default_sampling,
+                lora=self.lora,
             )
         ]
 

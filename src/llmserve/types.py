@@ -115,6 +115,7 @@ class GenerationRequest:
     prompt_tokens: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     constraint: Constraint | None = None
+    adapter: str | None = None  # the LoRA adapter to generate under (its served name); None: the base model
     priority: int = PRIORITY_LIVE
     # the n requests of one ``n > 1`` call share the group (their ids are ``{group}-{i}``) and the
     # prompt, and arrive together: an engine may prefill that prompt once for all of them

@@ -146,7 +146,8 @@ def test_every_route_in_the_schema_is_checked_here():
     """A new route must join ROUTES (and so the checks above), or a module's own such test."""
     from tests.server.test_batch_api import BATCH_ROUTES  # checked in test_every_status_of_the_routes_is_documented
 
-    assert set(operations(schema())) == {(m, p) for m, p, _, _ in ROUTES.values()} | BATCH_ROUTES
+    lora = {("POST", "/v1/load_lora_adapter"), ("POST", "/v1/unload_lora_adapter")}  # test_lora_routes.py
+    assert set(operations(schema())) == {(m, p) for m, p, _, _ in ROUTES.values()} | BATCH_ROUTES | lora
 
 
 def test_empty_and_non_object_bodies_say_so():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
+from llmserve.errors import InvalidRequest, ModelNotFound
 from llmserve.types import Capabilities, Delta, Embeddings, EngineStats, GenerationRequest, Message
 
 if TYPE_CHECKING:
+    from llmserve.lora import AdapterSpec
     from llmserve.settings import ModelSettings
 
 
@@ -74,6 +74,16 @@ class Engine(abc.ABC):
                     tools: Sequence[dict[str, Any]] | None = None) -> str:
         """The prompt text for ``messages`` (and OpenAI ``tools``), rendered with the model's own chat
         template (``ChatTemplate.render``; ``capabilities.tool_format`` says how calls will look)."""
+
+    # -- LoRA adapters (optional: engines that cannot apply them keep these) --------------------
+    async def load_adapter(self, spec: AdapterSpec) -> None:
+        """Load a LoRA adapter; requests name it in ``GenerationRequest.adapter``. Raises
+        ``AdapterError`` when it does not fit the model."""
+        raise InvalidRequest(f"the {type(self).__name__} engine does not serve LoRA adapters", param="lora_path")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Requests can no longer name it; running ones finish."""
+        raise ModelNotFound(f"The LoRA adapter {name!r} is not loaded", param="lora_name")
 
     @property
     @abc.abstractmethod

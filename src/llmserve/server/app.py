@@ -14,7 +14,7 @@ from llmserve.server import openapi
 from llmserve.server.metrics import Metrics
 from llmserve.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from llmserve.server.registry import ModelRegistry
-from llmserve.server.routes import completions, embeddings, health, metrics, openai, tokenize, web
+from llmserve.server.routes import completions, embeddings, health, lora, metrics, openai, tokenize, web
 from llmserve.settings import Settings
 from llmserve.workpool import WorkPool
 
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, *, models: list[AsyncChatModel]
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
+    app.include_router(lora.router)
     app.include_router(simple.router)
     app.include_router(ws.router)
     app.include_router(files.router)

@@ -14,7 +14,7 @@ import anyio.to_thread
 from starlette.requests import HTTPConnection
 
 from llmserve.batch.dispatch import internal_call
-from llmserve.errors import Unauthorized
+from llmserve.errors import Forbidden, Unauthorized
 from llmserve.server.deps import get_keystore, get_settings
 from llmserve.server.keystore import hash_key
 
@@ -28,6 +28,7 @@ class Identity:
     name: str
     rpm: int | None = None
     tpm: int | None = None
+    admin: bool = False  # a key store key created with --admin
 
 
 def presented_key(conn: HTTPConnection) -> str | None:
@@ -64,7 +65,8 @@ async def authenticate(conn: HTTPConnection) -> Identity:
     if store is not None:
         record = await anyio.to_thread.run_sync(store.lookup, key)
         if record is not None:
-            return Identity(subject=f"key:{record.id}", name=record.name, rpm=record.rpm, tpm=record.tpm)
+            return Identity(subject=f"key:{record.id}", name=record.name, rpm=record.rpm, tpm=record.tpm,
+                            admin=record.admin)
     raise Unauthorized("Incorrect API key provided.")
 
 
@@ -77,4 +79,13 @@ async def require_api_key(conn: HTTPConnection) -> Identity:
     """FastAPI dependency: the caller's identity (also kept on ``conn.state.identity``)."""
     identity = await authenticate(conn)
     conn.state.identity = identity
+    return identity
+
+
+async def require_admin(conn: HTTPConnection) -> Identity:
+    """FastAPI dependency for run-time management: a key store key created with ``--admin``."""
+    identity = await require_api_key(conn)
+    if not identity.admin:
+        raise Forbidden("This needs an admin key: create one with 'llmserve keys create --admin' "
+                        "(and serve with --key-db).")
     return identity

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     rpm INTEGER,
     tpm INTEGER,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    admin INTEGER NOT NULL DEFAULT 0
 )
 """
 
@@ -56,6 +57,7 @@ class ApiKey:
     tpm: int | None
     created_at: float
     revoked_at: float | None = None
+    admin: bool = False  # may manage the server at run time (load and unload LoRA adapters)
 
     @property
     def active(self) -> bool:
@@ -73,9 +75,12 @@ class KeyStore:
             conn.row_factory = sqlite3.Row
             with conn:  # one transaction per call
                 conn.execute(_SCHEMA)
+                if "admin" not in {row["name"] for row in conn.execute("PRAGMA table_info(api_keys)")}:
+                    conn.execute("ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")  # older stores
                 yield conn
 
-    def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None) -> tuple[ApiKey, str]:
+    def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
+               admin: bool = False) -> tuple[ApiKey, str]:
         """Stores a new key; returns it with the key in clear (the only time it exists)."""
         if not name.strip():
             raise ValueError("a key needs a non-empty name")
@@ -85,12 +90,12 @@ class KeyStore:
         key = new_key()
         record = ApiKey(
             id=f"key_{uuid.uuid4().hex[:16]}", name=name.strip(), key_hint=key[: len(KEY_PREFIX) + 4] + "...",
-            rpm=rpm, tpm=tpm, created_at=time.time(),
+            rpm=rpm, tpm=tpm, created_at=time.time(), admin=admin,
         )
         with self._connect() as conn:
             conn.execute(
-                "INSERT INTO api_keys (id, name, key_hash, key_hint, rpm, tpm, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.id, record.name, hash_key(key), record.key_hint, rpm, tpm, record.created_at),
+                "INSERT INTO api_keys (id, name, key_hash, key_hint, rpm, tpm, created_at, admin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.id, record.name, hash_key(key), record.key_hint, rpm, tpm, record.created_at, int(admin)),
             )
         return record, key
 
@@ -129,4 +134,4 @@ class KeyStore:
 
 def _record(row: sqlite3.Row, **changes) -> ApiKey:
     fields = {k: row[k] for k in ("id", "name", "key_hint", "rpm", "tpm", "created_at", "revoked_at")}
-    return ApiKey(**{**fields, **changes})
+    return ApiKey(**{**fields, "admin": bool(row["admin"]), **changes})

@@ -24,6 +24,7 @@ DESCRIPTIONS: dict[int, str] = {
     400: "Invalid request: malformed JSON, a body that is not a JSON object, a schema violation, a parameter "
          "the model cannot honour, a prompt over the context (code context_length_exceeded)",
     401: "Missing or wrong API key (when the server requires keys)",
+    403: "The API key may not do this: run-time management needs a key created with 'llmserve keys create --admin'",
     404: "The model named in the request is not served here (code model_not_found)",
     413: "The request body is larger than --max-request-bytes",
     429: "Rate limit of the API key reached; Retry-After says when to try again",
@@ -79,7 +80,7 @@ def api_routes(app: FastAPI) -> list[Any]:
 
 def documented_errors(route: Any) -> set[int]:
     """The error statuses that follow from how ``route`` (an ``api_routes`` entry) is built."""
-    from llmserve.server.auth import require_api_key
+    from llmserve.server.auth import require_admin, require_api_key
     from llmserve.server.ratelimit import rate_limit
 
     calls = {dep.call for dep in _all_dependencies(route.dependant)}
@@ -90,6 +91,8 @@ def documented_errors(route: Any) -> set[int]:
         statuses.add(401)
     if rate_limit in calls:
         statuses.add(429)
+    if require_admin in calls:
+        statuses |= {401, 403}
     return statuses
 
 

@@ -399,6 +399,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)
     owned_by: str = "llmserve"
+    parent: str | None = Field(None, description="a LoRA adapter's base model (vLLM's field); null for a base model")
     engine: str
     max_model_len: int
     capabilities: dict[str, Any] = Field(default_factory=dict)
@@ -512,3 +513,19 @@ class DetokenizeRequest(Strict):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+# -- LoRA adapters at run time (vLLM's shapes) ------------------------------------------------------
+class LoadLoraAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lora_name: str = Field(min_length=1, max_length=256, description="the model name requests will use")
+    lora_path: str = Field(min_length=1, max_length=4096, description="a PEFT adapter directory on the server, or a GGUF LoRA (llama.cpp)")
+    base_model_name: str | None = Field(None, description="the served model it adapts (default: the first)")
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lora_name: str = Field(min_length=1, max_length=256)
+    lora_int_id: int | None = Field(None, description="accepted for vLLM clients; unused")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from llmserve.adapter_model import AdapterModel, adapter_models
 from llmserve.chat_model import AsyncChatModel
 from llmserve.errors import EngineError, ModelLoading, ModelNotFound
 
@@ -14,6 +15,9 @@ logger = logging.getLogger(__name__)
 class ModelRegistry:
     def __init__(self, models: list[AsyncChatModel]):
         self.models = {m.name: m for m in models}
+        for base in models:  # --lora adapters: each its own model name beside its base
+            for view in adapter_models(base):
+                self.models[view.name] = view
         self.failures: dict[str, str] = {}
         self._tasks: list[asyncio.Task] = []
 
@@ -49,8 +53,31 @@ class ModelRegistry:
             model = self.models.get(name)
             if model is None:
                 raise ModelNotFound(f"The model {name!r} does not exist", param="model")
-        if model.name in self.failures:
-            raise EngineError(f"model {model.name!r} failed to load: {self.failures[model.name]}")
+        failed = model.parent or model.name  # an adapter fails with its base
+        if failed in self.failures:
+            raise EngineError(f"model {failed!r} failed to load: {self.failures[failed]}")
         if not model.ready:
             raise ModelLoading(f"model {model.name!r} is still loading", retry_after=5)
         return model
+
+    # -- LoRA adapters at run time (POST /v1/load_lora_adapter, /v1/unload_lora_adapter) ---------
+    def base_for(self, name: str | None) -> AsyncChatModel:
+        """The base model a new adapter goes on: ``name``, or the only/first model."""
+        if name is None:
+            return next(m for m in self.models.values() if m.parent is None)
+        model = self.models.get(name)
+        if model is None or model.parent is not None:
+            raise ModelNotFound(f"The base model {name!r} does not exist", param="base_model_name")
+        return model
+
+    def add_adapter(self, base: AsyncChatModel, name: str) -> AdapterModel:
+        view = AdapterModel(base, name)
+        self.models[name] = view
+        return view
+
+    def remove_adapter(self, name: str) -> AdapterModel:
+        view = self.models.get(name)
+        if not isinstance(view, AdapterModel):
+            raise ModelNotFound(f"The LoRA adapter {name!r} is not loaded", param="lora_name")
+        del self.models[name]
+        return view

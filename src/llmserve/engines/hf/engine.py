@@ -56,10 +56,27 @@ class HFEngine(Engine):
         loaded = load(s)
         self.scheduler = Scheduler(loaded, n_slots=s.slots(), max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                                    prefill_tokens=s.batch_size, threads=s.resolved_threads(), emit=self._bridge.emit)
+        for spec in s.adapters():
+            self._load_adapter(spec)
         self.tokens = HFTokenizing(loaded.tokenizer)
         self.loaded = loaded
         self.grammars = GrammarCompiler(self._grammar_backend)
         self.scheduler.start()
+
+    # -- LoRA adapters (PEFT, one per batch row) -----------------------------------------------------
+    def _load_adapter(self, spec) -> None:
+        from pathlib import Path
+
+        from llmserve.lora.resolve import resolve
+
+        path = resolve(spec, Path(self.settings.resolved_path()), "hf")
+        self.scheduler.adapters.load(spec.name, str(path), spec.scale)
+
+    async def load_adapter(self, spec) -> None:
+        await asyncio.to_thread(self._load_adapter, spec)
+
+    async def unload_adapter(self, name: str) -> None:
+        self._require_scheduler().adapters.unload(name)
 
     def _grammar_backend(self):
         from llmserve.structured.llguidance_backend import LLGuidanceBackend
@@ -80,11 +97,11 @@ class HFEngine(Engine):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if request.constraint is not None:
             return self._generate_constrained(request)
-        return self._bridge.stream(self._require_scheduler, request)
+        return self._bridge.stream(lambda: self._scheduler_for(request), request)
 
     async def _generate_constrained(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Compiles the constraint (off the loop, cached) before the request is queued."""
-        scheduler = self._require_scheduler()
+        scheduler = self._scheduler_for(request)
         guide = await self.grammars.guide(request.constraint)
         async with aclosing(self._bridge.stream(lambda: scheduler, request, guide=guide)) as deltas:
             async for delta in deltas:
@@ -93,6 +110,12 @@ class HFEngine(Engine):
     async def abort(self, request_id: str) -> None:
         if self.scheduler is not None:
             self.scheduler.cancel(request_id)
+
+    def _scheduler_for(self, request: GenerationRequest) -> Scheduler:
+        """At the stream's first step: an unknown adapter is a 404 before any delta."""
+        scheduler = self._require_scheduler()
+        scheduler.adapters.check(request.adapter)
+        return scheduler
 
     def _require_scheduler(self) -> Scheduler:
         if self.scheduler is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmserve.engines.hf.detok import IncrementalDetokenizer
+from llmserve.engines.hf.adapters import HFAdapters
 from llmserve.engines.hf.kvbatch import KVBatch, mergeable, new_cache
 from llmserve.engines.hf.model import LoadedModel
 from llmserve.engines.hf.sampling import Sampler
@@ -47,6 +48,7 @@ class Scheduler(WorkerLoop[Sequence]):
         super().__init__(n_slots=n_slots, max_queue=max_queue, queue_timeout=queue_timeout, emit=emit,
                          name="llmserve-hf")
         self.m = loaded
+        self.adapters = HFAdapters(loaded)
         self.prefill_tokens = prefill_tokens
         self.threads = threads
         self.can_merge = mergeable(new_cache(loaded.model.config))
@@ -116,8 +118,10 @@ class Scheduler(WorkerLoop[Sequence]):
             mask[row, width - n:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = new_cache(self.m.model.config)
-        logits = self.m.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        with self.adapters.lock:  # LoRA: one adapter per row
+            logits = self.m.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                  past_key_values=cache, use_cache=True, logits_to_keep=1,
+                                  **self.adapters.forward_kwargs([seq.request.adapter for seq in group])).logits[:, -1]
         self.steps += 1
         return logits, KVBatch(cache, mask)
 
@@ -127,8 +131,9 @@ class Scheduler(WorkerLoop[Sequence]):
         positions = kv.positions()
         kv.grow()
         self._start_masks(self._running)
-        logits = self.m.model(input_ids=ids, attention_mask=kv.mask, position_ids=positions,
-                              past_key_values=kv.cache, use_cache=True).logits[:, -1]
+        with self.adapters.lock:
+            logits = self.m.model(input_ids=ids, attention_mask=kv.mask, position_ids=positions, past_key_values=kv.cache,
+                                  use_cache=True, **self.adapters.forward_kwargs([seq.request.adapter for seq in self._running])).logits[:, -1]
         self.steps += 1
         self._sample(logits, list(self._running), out)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from llmserve.chat_template import ChatTemplate
 from llmserve.engines.base import Engine
 from llmserve.engines.llamacpp import dispatch, kernels
+from llmserve.engines.llamacpp.adapters import AdapterSet
 from llmserve.engines.llamacpp.embed import LlamaEmbedder, model_pooling
 from llmserve.engines.llamacpp.model import LlamaContext, LlamaModel
 from llmserve.engines.llamacpp.scheduler import Scheduler
@@ -45,6 +46,7 @@ class LlamaCppEngine(Engine):
         self.embedding_only = bool(settings.options.get("embedding", False))
         self._special_tokens: frozenset[str] = frozenset()
         self._max_token_chars: int | None = None
+        self.adapters: AdapterSet | None = None
 
     @classmethod
     def preflight(cls, settings: ModelSettings) -> None:
@@ -115,9 +117,29 @@ class LlamaCppEngine(Engine):
         self._special_tokens, self._max_token_chars = model.scan_vocab()
         self.model, self.ctx = model, ctx
         self.grammars = GrammarCompiler(self._grammar_backend)
+        self.adapters = AdapterSet(model, ctx)
+        for spec in s.adapters():
+            self._load_adapter(spec)
         self.scheduler = Scheduler(model, ctx, n_slots=kv.n_parallel, max_queue=s.max_queue,
-                                   queue_timeout=s.queue_timeout, emit=self._bridge.emit, unified=kv.unified)
+                                   queue_timeout=s.queue_timeout, emit=self._bridge.emit, unified=kv.unified,
+                                   adapters=self.adapters)
         self.scheduler.start()
+
+    # -- LoRA adapters -----------------------------------------------------------------------------
+    def _load_adapter(self, spec) -> None:
+        from llmserve.lora.resolve import resolve
+
+        self.adapters.load(spec.name, resolve(spec, Path(self.settings.resolved_path()), "llamacpp"), spec.scale)
+
+    async def load_adapter(self, spec) -> None:
+        if self.adapters is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        await asyncio.to_thread(self._load_adapter, spec)
+
+    async def unload_adapter(self, name: str) -> None:
+        if self.adapters is None:
+            raise ModelLoading("the model is not loaded yet", retry_after=5)
+        self.adapters.unload(name)
 
     def _grammar_backend(self):
         from llmserve.structured.llguidance_backend import LLGuidanceBackend
@@ -144,16 +166,18 @@ class LlamaCppEngine(Engine):
             self.model = None
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        if request.constraint is not None:
+        if request.constraint is not None or request.adapter is not None:
             return self._generate_constrained(request)
         return self._bridge.stream(lambda: self._worker_for(request), request)
 
     async def _generate_constrained(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        """Compiles the constraint (off the loop, cached) before the request is queued: a bad
-        schema is an InvalidRequest at the first ``__anext__``, before any delta."""
+        """Compiles the constraint (off the loop, cached) and finds the LoRA adapter before the
+        request is queued: a bad schema is an InvalidRequest at the first ``__anext__``, before
+        any delta."""
         worker = self._worker_for(request)
-        guide = await self.grammars.guide(request.constraint)
-        async with aclosing(self._bridge.stream(lambda: worker, request, guide=guide)) as deltas:
+        lora = self.adapters.resolve(request.adapter)  # an unloaded adapter: 404 before any delta
+        guide = await self.grammars.guide(request.constraint) if request.constraint is not None else None
+        async with aclosing(self._bridge.stream(lambda: worker, request, guide=guide, lora=lora)) as deltas:
             async for delta in deltas:
                 yield delta
 

@@ -39,6 +39,7 @@ class Slot:
     cells: list[int] = field(default_factory=list)
     seq: Any = None  # the running scheduler Sequence, or None when idle (its KV stays cached)
     last_used: float = 0.0
+    adapter: Any = None  # the LoRA adapter its KV was computed under (None: the base model)
 
 
 def common_prefix(a: Tokens[int], b: Tokens[int]) -> int:
@@ -109,11 +110,12 @@ class Ledger:
         return True
 
     # -- the prefix index ----------------------------------------------------------------------
-    def longest_prefix(self, prompt: Tokens[int]) -> tuple[Slot | None, int]:
-        """The slot (running or idle) whose KV holds the longest prefix of ``prompt``."""
+    def longest_prefix(self, prompt: Tokens[int], adapter: Any = None) -> tuple[Slot | None, int]:
+        """The slot (running or idle) whose KV holds the longest prefix of ``prompt``, computed
+        under the same LoRA ``adapter`` (KV of another adapter is other numbers)."""
         best, n_best = None, 0
         for slot in self.slots:
-            if slot.seq_id in self._copied:
+            if slot.seq_id in self._copied or slot.adapter is not adapter:
                 continue
             n = common_prefix(slot.tokens, prompt)
             if n > n_best or (n == n_best and best is not None and best.seq is not None and slot.seq is None):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
+from llmserve.engines.llamacpp.adapters import AdapterSet, LoadedAdapter
 from llmserve.engines.llamacpp.budget import PrefillBudget
 from llmserve.engines.llamacpp.kvcache import Ledger, Slot, common_prefix
 from llmserve.engines.llamacpp.logprobs import LogprobRecorder
@@ -55,6 +56,7 @@ class Sequence(Queued):
     pending: int | None = None  # sampled, emitted, not yet decoded
     sampler: SequenceSampler | None = None
     guide: Guide | None = None  # structured output: masks this sequence's tokens
+    lora: LoadedAdapter | None = None  # the LoRA adapter it decodes under (None: the base model)
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     n_resumed: int = 0  # generated tokens moved into the prompt by pauses (see _yield_to_live)
     cached_at_start: int | None = None  # n_cached of the first admission, once paused
@@ -71,7 +73,8 @@ class Scheduler(WorkerLoop[Sequence]):
     sequence_type = Sequence
 
     def __init__(self, model: LlamaModel, ctx: LlamaContext, *, n_slots: int, max_queue: int,
-                 queue_timeout: float | None, emit: Emit, unified: bool = True):
+                 queue_timeout: float | None, emit: Emit, unified: bool = True,
+                 adapters: AdapterSet | None = None):
         super().__init__(n_slots=n_slots, max_queue=max_queue, queue_timeout=queue_timeout, emit=emit,
                          name="llmserve-llamacpp")
         self.model = model
@@ -85,6 +88,7 @@ class Scheduler(WorkerLoop[Sequence]):
         self._sampler = BatchSampler(model.n_vocab, n_slots)
         self._logprobs = LogprobRecorder(model.n_vocab, model.piece)
         self._masks = MaskBatch(n_slots, model.n_vocab)  # one row per slot
+        self.adapters = adapters or AdapterSet(model, ctx)
         self._live_seen = float("-inf")  # when a live request was last waiting or running
 
     def stop(self) -> None:
@@ -99,10 +103,14 @@ class Scheduler(WorkerLoop[Sequence]):
         self._yield_to_live()
         self._admit()
         self._make_room_to_grow(out)
-        decoding, prefill = self._fill_batch()
-        if decoding or prefill:
-            self._decode(decoding, prefill, out)
-        elif self._waiting:  # only held-back batch work: sleep until a request comes or the hold ends
+        ran = False
+        for adapter in self._adapter_groups():  # LoRA: one decode per adapter (the base is one)
+            decoding, prefill = self._fill_batch(adapter)
+            if decoding or prefill:
+                self.adapters.apply(adapter)
+                self._decode(decoding, prefill, out)
+                ran = True
+        if not ran and self._waiting:  # only held-back batch work: sleep until a request comes or the hold ends
             with self._cv:
                 self._cv.wait(LIVE_LINGER_S / 4)
         if out:
@@ -121,7 +129,7 @@ class Scheduler(WorkerLoop[Sequence]):
         for seq in self._admissible():
             if not any(s.seq is None for s in self.slots):
                 return
-            donor, shared = self.kv.longest_prefix(seq.prompt)
+            donor, shared = self.kv.longest_prefix(seq.prompt, seq.lora)
             if self._prefix_coming(seq, shared):
                 continue
             keep = min(shared, len(seq.prompt) - 1)  # the last prompt token is decoded again for its logits
@@ -140,6 +148,7 @@ class Scheduler(WorkerLoop[Sequence]):
                 keep = 0
             self._waiting.remove(seq)
             seq.slot, slot.seq = slot, seq
+            slot.adapter = seq.lora  # an empty slot, a donor of the same adapter, or a prefix shared from one
             seq.n_prefilled = seq.n_cached = keep
             self.kv.reserved += seq.to_prefill
             if seq.sampler is None:  # a resumed sequence keeps its own (its RNG and penalty history)
@@ -164,7 +173,7 @@ class Scheduler(WorkerLoop[Sequence]):
         ``seq`` should wait for those cells (``n > 1`` siblings, a batch with one instruction)."""
         for slot in self.slots:
             other = slot.seq
-            if other is None or other.pending is not None or other.to_prefill == 0:
+            if other is None or other.pending is not None or other.to_prefill == 0 or other.lora is not seq.lora:
                 continue
             ahead = min(common_prefix(other.prompt, seq.prompt), len(seq.prompt) - 1)
             if ahead >= cached + MIN_DEFER and other.n_prefilled < ahead:
@@ -203,9 +212,14 @@ class Scheduler(WorkerLoop[Sequence]):
             out.append((seq, self._finish(seq, Delta(text, (), FinishReason.LENGTH, self._usage(seq)))))
 
     # -- one step -------------------------------------------------------------------------------
-    def _fill_batch(self) -> tuple[list[tuple[Sequence, int]], list[tuple[Sequence, int, int]]]:
-        """Returns the decoding sequences with their logit index, and prefill chunks
-        (sequence, chunk length, logit index or -1)."""
+    def _adapter_groups(self) -> list[LoadedAdapter | None]:
+        """One decode per LoRA adapter among the running sequences (llama.cpp applies adapters
+        to a whole decode), the adapter applied now first."""
+        return self.adapters.groups([s.seq.lora for s in self.slots if s.seq is not None])
+
+    def _fill_batch(self, adapter: LoadedAdapter | None = None) -> tuple[list[tuple[Sequence, int]], list[tuple[Sequence, int, int]]]:
+        """Returns the decoding sequences (of ``adapter``'s group) with their logit index, and
+        prefill chunks (sequence, chunk length, logit index or -1)."""
         batch = self._batch
         n = 0
 
@@ -221,13 +235,13 @@ class Scheduler(WorkerLoop[Sequence]):
         decoding: list[tuple[Sequence, int]] = []
         for slot in self.slots:
             seq = slot.seq
-            if seq is not None and seq.pending is not None:
+            if seq is not None and seq.pending is not None and seq.lora is adapter:
                 decoding.append((seq, n))
                 add(seq.pending, len(slot.tokens), slot.seq_id, True)
         prefill: list[tuple[Sequence, int, int]] = []
         budget = self.budget.tokens(len(decoding))
         # the shortest remaining prompts first: a chat's prompt is not stuck behind a long document
-        for slot in sorted((s for s in self.slots if s.seq is not None and s.seq.pending is None),
+        for slot in sorted((s for s in self.slots if s.seq is not None and s.seq.pending is None and s.seq.lora is adapter),
                            key=lambda s: (s.seq.to_prefill, s.seq.enqueued_at)):
             seq = slot.seq
             if budget <= 0:

@@ -6,6 +6,9 @@ and translates vLLM errors into llmserve's. The engine core runs in a child proc
 ``start``, never at import. Options: ``dtype`` (default ``bfloat16``), ``enforce_eager``
 (default true), ``kv_cache_bytes`` (default 1 GiB), ``cache_dir`` (where a GGUF is converted, default
 ``~/.cache/llmserve``), ``seed``, ``structured_backend`` (``guidance`` default, or ``xgrammar``).
+LoRA (``--lora``, ``LoRARequest`` per request): ``enable_lora`` (default: when adapters are given at
+start; set it to load adapters at run time only), ``max_lora_rank`` (default: the largest rank
+given, at least 16), ``max_loras`` (adapters in one batch, default: those given, at least 4).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
@@ -103,6 +107,8 @@ class VLLMEngine(Engine):
         self.template: ChatTemplate | None = None
         self.max_context = 0
         self._started: dict[str, bool] = {}  # in flight: request id -> has produced output
+        self.loras: dict[str, LoRARequest] = {}  # served adapter name -> vLLM's request for it
+        self._next_lora_id = 1
 
     @classmethod
     def preflight(cls, settings: ModelSettings) -> None:
@@ -136,6 +142,7 @@ class VLLMEngine(Engine):
             # compact JSON (whitespace bounded); options.structured_backend "xgrammar" for vLLM's default
             structured_outputs_config=StructuredOutputsConfig(
                 backend=str(opts.get("structured_backend", "guidance")), disable_any_whitespace=True),
+            **self._lora_args(model_dir),
         )
         logger.info("starting vLLM on %s", model_dir)
         try:
@@ -150,8 +157,63 @@ class VLLMEngine(Engine):
             raise EngineError(f"{model_dir} has no chat template; pass --chat-template FILE")
         self.template = ChatTemplate(source, bos_token=self.tokenizer.bos_token or "",
                                      eos_token=self.tokenizer.eos_token or "")
+        for spec in s.adapters():
+            self._add_lora_request(spec, model_dir)
         logger.info("model %s ready in %.1f s (vLLM, max_num_seqs %d, context %d)",
                     s.served_name(), time.monotonic() - t0, s.slots(), self.max_context)
+
+    # -- LoRA adapters: LoRARequest per request ---------------------------------------------------
+    def _lora_args(self, model_dir: Path) -> dict[str, Any]:
+        from llmserve.lora.resolve import max_rank, resolve
+
+        opts, specs = self.settings.options, self.settings.adapters()
+        for spec in specs:  # one clear line for an adapter that does not fit, before vLLM starts
+            resolve(spec, Path(self.settings.resolved_path()), "vllm")
+        if not (specs or opts.get("enable_lora")):
+            return {}
+        rank = max([16, *(max_rank(spec) for spec in specs)])
+        return {"enable_lora": True, "max_lora_rank": int(opts.get("max_lora_rank", rank)),
+                "max_loras": int(opts.get("max_loras", max(4, len(specs))))}
+
+    def _add_lora_request(self, spec, model_dir: Path | None = None) -> LoRARequest:
+        if spec.scale != 1.0:
+            raise InvalidRequest(f"LoRA {spec.name!r}: the vLLM engine applies adapters at their trained scale; "
+                                 "drop :SCALE", param="lora")
+        lora = LoRARequest(spec.name, self._next_lora_id, str(spec.path.resolve()))
+        self._next_lora_id += 1
+        self.loras[spec.name] = lora
+        return lora
+
+    async def load_adapter(self, spec) -> None:
+        from llmserve.lora.resolve import resolve
+
+        llm = self._require()
+        if not llm.vllm_config.lora_config:
+            raise InvalidRequest("this vLLM engine was started without LoRA: serve with --lora, or "
+                                 "options.enable_lora: true", param="lora_path")
+        await asyncio.to_thread(resolve, spec, Path(self.settings.resolved_path()), "vllm")
+        lora = self._add_lora_request(spec)
+        try:
+            await llm.add_lora(lora)
+        except Exception as exc:
+            self.loras.pop(spec.name, None)
+            raise InvalidRequest(f"vLLM could not load LoRA {spec.name!r}: {exc}", param="lora_path") from exc
+
+    async def unload_adapter(self, name: str) -> None:
+        lora = self.loras.pop(name, None)
+        if lora is None:
+            return await super().unload_adapter(name)
+        await self._require().remove_lora(lora.lora_int_id)
+
+    def _lora_for(self, name: str | None) -> LoRARequest | None:
+        if name is None:
+            return None
+        lora = self.loras.get(name)
+        if lora is None:
+            from llmserve.errors import ModelNotFound
+
+            raise ModelNotFound(f"The model {name!r} does not exist (its LoRA adapter is not loaded)", param="model")
+        return lora
 
     async def stop(self) -> None:
         if self.llm is not None:
@@ -177,9 +239,10 @@ class VLLMEngine(Engine):
         max_tokens = min(request.sampling.max_tokens or self.max_context, self.max_context - n_prompt)
         if max_tokens <= 0:
             raise InvalidRequest("the prompt fills the context window", param="messages")
+        lora = self._lora_for(request.adapter)
         self._started[rid] = False
         stream = llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_tokens)),
-                              to_vllm(request.sampling, max_tokens, request.constraint), rid)
+                              to_vllm(request.sampling, max_tokens, request.constraint), rid, lora_request=lora)
         finished = False
         n_out = 0
         try:

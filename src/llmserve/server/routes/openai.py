@@ -56,7 +56,7 @@ async def list_models(request: Request) -> ModelList:
     for model in get_registry(request).models.values():
         caps = model.engine.capabilities
         cards.append(ModelCard(
-            id=model.name, engine=model.settings.engine, max_model_len=caps.max_context,
+            id=model.name, parent=model.parent, engine=model.settings.engine, max_model_len=caps.max_context,
             capabilities={"sampling": sorted(caps.sampling), "structured_outputs": sorted(caps.constraints),
                           "tools": tool_capabilities(caps), "ready": model.ready},
             sampling_defaults=model.sampling_defaults.public(),
