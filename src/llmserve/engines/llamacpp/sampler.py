@@ -3,8 +3,11 @@
 The plain cases (greedy, and temperature-only sampling, which is what OpenAI's defaults
 ``top_p=1`` and no penalties ask for) are drawn for all sequences of a step at once in numpy:
 llama.cpp's ``dist`` sampler runs a scalar ``expf`` over the whole vocabulary for each sequence,
-~0.7 ms per sequence per step with a 49k vocabulary, ~10% of a step at 8 sequences. Everything
-else (top-k, top-p, min-p, penalties) goes through a llama.cpp sampler chain per sequence.
+~0.7 ms per sequence per step with a 49k vocabulary, ~10% of a step at 8 sequences. Temperature
+with ``top_p`` alone (the bundled model's defaults: 0.2 and 0.9) is drawn in numpy too
+(``nucleus``): llama.cpp's top-p sampler sorts the whole vocabulary, ~0.45 ms a sequence, 15% of a
+step at 8 sequences on a Zen 4 core; numpy sorts only the ``NUCLEUS_TOP`` likeliest. Everything else (top-k, min-p, penalties) goes through a llama.cpp sampler chain per
+sequence, in llama.cpp's order.
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ import llama_cpp as ll
 from llmserve.types import SamplingParams
 
 _BLOCK = 1024  # the inverse-CDF search sums blocks first, then scans one block
+# top-p sorts only the likeliest NUCLEUS_TOP tokens (picked in linear time); when their mass does not
+# reach top_p (a flat distribution) the whole vocabulary is sorted
+NUCLEUS_TOP = 1024
 
 
 def _plain(params: SamplingParams) -> bool:
-    return (params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0 and params.repetition_penalty == 1.0
+    """No top-k, min-p or penalties; top-p only with a temperature (``nucleus``)."""
+    return (params.top_k <= 0 and (params.top_p >= 1.0 or not params.greedy)
+            and params.min_p <= 0.0 and params.repetition_penalty == 1.0
             and not params.frequency_penalty and not params.presence_penalty)
 
 
@@ -56,6 +64,7 @@ class SequenceSampler:
     def __init__(self, params: SamplingParams, *, n_vocab: int, penalty_window: int):
         plain = _plain(params)
         self.greedy = plain and params.greedy
+        self.top_p = params.top_p if plain and params.top_p < 1.0 else None  # drawn by ``nucleus``
         self.inv_temp = 0.0 if params.greedy else 1.0 / params.temperature
         self.rng = np.random.default_rng(None if params.seed is None else params.seed & 0xFFFFFFFFFFFFFFFF)
         self.chain = None if plain else _chain(params, n_vocab=n_vocab, penalty_window=penalty_window)
@@ -97,6 +106,26 @@ def draw(probs: np.ndarray, targets: np.ndarray) -> list[int]:
     return out
 
 
+def nucleus(logits: np.ndarray, top_p: float, inv_temp: float, u: float) -> int:
+    """llama.cpp's top-p then temperature then draw, for one row of logits: the smallest set of the
+    likeliest tokens whose probabilities (at temperature 1) reach ``top_p``, then a draw among them
+    at ``1 / inv_temp`` with the uniform ``u``."""
+    x = logits - logits.max()
+    weights = np.exp(x)
+    goal = top_p * weights.sum(dtype=np.float64)
+    order = np.arange(len(x))
+    if len(x) > NUCLEUS_TOP:
+        order = np.argpartition(x, -NUCLEUS_TOP)[-NUCLEUS_TOP:]
+    order = order[np.argsort(-x[order])]
+    mass = np.cumsum(weights[order], dtype=np.float64)
+    if mass[-1] < goal and len(order) < len(x):  # a flat distribution: the nucleus reaches further
+        order = np.argsort(-x)
+        mass = np.cumsum(weights[order], dtype=np.float64)
+    keep = order[:min(int(np.searchsorted(mass, goal)), len(order) - 1) + 1]
+    scaled = np.cumsum(np.exp(x[keep].astype(np.float64) * inv_temp))
+    return int(keep[min(int(np.searchsorted(scaled, u * scaled[-1], side="right")), len(keep) - 1)])
+
+
 class BatchSampler:
     """Samples every sequence of a step; owns a scratch buffer of ``n_seq`` vocabulary rows."""
 
@@ -115,6 +144,8 @@ class BatchSampler:
                 tokens[i] = ll.llama_sampler_sample(sampler.chain, ctx, idx)
             elif sampler.greedy:
                 tokens[i] = int(np.argmax(self.logits(ctx, idx)))
+            elif sampler.top_p is not None:
+                tokens[i] = nucleus(self.logits(ctx, idx), sampler.top_p, sampler.inv_temp, sampler.rng.random())
             else:
                 np.multiply(self.logits(ctx, idx), np.float32(sampler.inv_temp), out=self._scratch[len(draws)])
                 draws.append(i)
