@@ -15,6 +15,9 @@ from __future__ import annotations
 
 SLOWDOWN = 1.6  # a mixed step may cost this many decode-only steps (issue: ITL at most 2x)
 MIN_CHUNK = 1  # never starve a prompt entirely
+# a mixed step may always spend this long on prefill: beside a single stream (a 6 ms step) 1.6x
+# would leave a long prompt a few tokens a step and minutes of TTFT for a few ms of that stream's ITL
+MIN_EXTRA_S = 0.010
 FIRST_CHUNK = 32  # until both costs have been measured
 _ALPHA = 0.2  # weight of the newest measurement in the running averages
 
@@ -32,7 +35,8 @@ class PrefillBudget:
             return room
         if self.decode_s is None or not self.per_token_s:
             return max(0, min(room, FIRST_CHUNK))
-        chunk = int((SLOWDOWN - 1.0) * self.decode_s * n_decoding / self.per_token_s)
+        extra = max((SLOWDOWN - 1.0) * self.decode_s * n_decoding, MIN_EXTRA_S)
+        chunk = int(extra / self.per_token_s)
         return max(0, min(room, max(MIN_CHUNK, chunk)))
 
     def record(self, n_decoding: int, n_prefill: int, seconds: float) -> None:

@@ -6,8 +6,9 @@ llama.cpp's ``dist`` sampler runs a scalar ``expf`` over the whole vocabulary fo
 ~0.7 ms per sequence per step with a 49k vocabulary, ~10% of a step at 8 sequences. Temperature
 with ``top_p`` alone (the bundled model's defaults: 0.2 and 0.9) is drawn in numpy too
 (``nucleus``): llama.cpp's top-p sampler sorts the whole vocabulary, ~0.45 ms a sequence, 15% of a
-step at 8 sequences on a Zen 4 core; numpy sorts only the ``NUCLEUS_TOP`` likeliest. Everything else (top-k, min-p, penalties) goes through a llama.cpp sampler chain per
-sequence, in llama.cpp's order.
+step at 8 sequences on a Zen 4 core; numpy sorts only the ``NUCLEUS_TOP`` likeliest. Everything
+else (top-k, min-p, penalties) goes through a llama.cpp sampler chain per sequence, in llama.cpp's
+order.
 """
 
 from __future__ import annotations
