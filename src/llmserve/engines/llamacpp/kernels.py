@@ -38,6 +38,16 @@ def _patched(name: str) -> ctypes._CFuncPtr | None:
     return getattr(lib, name, None) if lib is not None else None
 
 
+def _set(name: str, ctype: type, value) -> bool:
+    """Calls the patch's setter ``name(value)``; False when the loaded build lacks it."""
+    setter = _patched(name)
+    if setter is None:
+        return False
+    setter.argtypes, setter.restype = [ctype], None
+    setter(value)
+    return True
+
+
 def q4_1_tiles_available() -> bool:
     """The loaded llama.cpp build carries llmserve's Q4_1 tile patch."""
     return _patched("llamafile_set_q4_1_gemm") is not None
@@ -46,24 +56,14 @@ def q4_1_tiles_available() -> bool:
 def set_q4_1_tiles(enabled: bool) -> bool:
     """Turns the Q4_1 tiles on or off for the whole process (they are on by default; off runs
     ggml's stock vec_dot, for A/B runs). False when the build lacks the patch."""
-    switch = _patched("llamafile_set_q4_1_gemm")
-    if switch is None:
-        return False
-    switch.argtypes, switch.restype = [ctypes.c_bool], None
-    switch(enabled)
-    return True
+    return _set("llamafile_set_q4_1_gemm", ctypes.c_bool, enabled)
 
 
 def set_q4_1_columns(mask: int) -> bool:
     """Chooses the tiles per batch size: bit ``min(n, 64) - 1`` set means a matmul of ``n``
     activation columns (sequences of a decode step, tokens of a prefill chunk) uses the tiles,
     clear means ggml's vec_dot. False when the build lacks the patch (or predates the mask)."""
-    switch = _patched("llamafile_set_q4_1_gemm_columns")
-    if switch is None:
-        return False
-    switch.argtypes, switch.restype = [ctypes.c_uint64], None
-    switch(mask & (1 << 64) - 1)
-    return True
+    return _set("llamafile_set_q4_1_gemm_columns", ctypes.c_uint64, mask & (1 << 64) - 1)
 
 
 def q4_1_tile_calls() -> int:
@@ -83,12 +83,7 @@ def invariant_attention_available() -> bool:
 def set_invariant_attention(enabled: bool) -> bool:
     """Batch-invariant flash attention on (the patched build's default) or off (ggml's own
     kernels, for A/B runs), for the whole process. False when the build lacks the patch."""
-    switch = _patched("ggml_cpu_set_fa_invariant")
-    if switch is None:
-        return False
-    switch.argtypes, switch.restype = [ctypes.c_bool], None
-    switch(enabled)
-    return True
+    return _set("ggml_cpu_set_fa_invariant", ctypes.c_bool, enabled)
 
 
 def log_build() -> None:
