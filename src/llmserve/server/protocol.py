@@ -273,6 +273,8 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1, description="16 when absent, as OpenAI's and vLLM's legacy "
+                                   "completions; null: up to the end of the context")
     logprobs: int | None = Field(None, ge=0, le=20, description="log-probabilities of the output tokens and of "
                                  "this many likeliest tokens at each position")
     echo: bool = Field(False, description="the prompt before the completion (with logprobs: the prompt's too)")
